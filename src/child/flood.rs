@@ -1,0 +1,83 @@
+//! Per-client flood control: a token bucket.
+//!
+//! Each non-empty line costs one token; the bucket holds `burst` tokens and
+//! refills at `rate` per second. An empty bucket delays the client (its
+//! input is left in the kernel, so TCP pushes back); nothing is dropped.
+
+use std::time::{Duration, Instant};
+
+pub struct TokenBucket {
+    burst: f64,
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// `rate == 0` disables the bucket.
+    pub fn new(burst: u32, rate: f64) -> TokenBucket {
+        TokenBucket {
+            burst: burst as f64,
+            rate,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.last = now;
+    }
+
+    /// Takes a token if one is available.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns a token taken for a line that turned out to cost nothing.
+    pub fn give_back(&mut self) {
+        self.tokens = (self.tokens + 1.0).min(self.burst);
+    }
+
+    /// Time until the next token.
+    pub fn wait(&self) -> Duration {
+        if self.rate == 0.0 || self.tokens >= 1.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(3, 2.0);
+        b.last = t0;
+        assert!(b.take(t0) && b.take(t0) && b.take(t0));
+        assert!(!b.take(t0));
+        assert!(b.wait() > Duration::from_millis(400));
+        assert!(b.take(t0 + Duration::from_millis(501)));
+        assert!(!b.take(t0 + Duration::from_millis(502)));
+    }
+
+    #[test]
+    fn zero_rate_disables() {
+        let mut b = TokenBucket::new(1, 0.0);
+        let t = Instant::now();
+        assert!((0..1000).all(|_| b.take(t)));
+    }
+}

@@ -1,0 +1,464 @@
+//! The child: one process per client, forked by the master.
+//!
+//! After [`setup`] has prepared the process, [`run`] is the child's loop:
+//! it reads its client's lines, validates them ([`crate::protocol`]), and
+//! appends chat lines and commands to its own slot's ring
+//! ([`crate::shm::ring`]); it copies new relay-log entries from the other
+//! clients to its client ([`crate::shm::log`]); and it sleeps in `poll` on
+//! two fds, the client socket and the control socket, announcing its sleep
+//! in shared memory so that the master wakes it only when needed.
+//!
+//! The child never logs: everything worth logging reaches the master (the
+//! reason it leaves travels as a `Quit` ring entry), so one process owns the
+//! journal connection.
+
+pub mod flood;
+pub mod setup;
+
+use crate::ipc;
+use crate::protocol::command::{self, Command};
+use crate::protocol::lines::{Input, LineReader};
+use crate::protocol::{nick, sanitize, ERR, NOTICE};
+use crate::shm::log::{LogError, LogReader};
+use crate::shm::ring::{entry_size, Kind, RingWriter};
+use crate::shm::{Region, SlotHeader};
+use flood::TokenBucket;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+/// Everything the master decided for this client before forking.
+pub struct Spec {
+    pub slot: usize,
+    pub client_id: u64,
+    /// Greeting and MOTD lines, already formatted.
+    pub greeting: String,
+    pub max_line: usize,
+    pub max_sendq: usize,
+    pub flood_burst: u32,
+    pub flood_rate: f64,
+}
+
+/// Longest `/quit` reason forwarded.
+const MAX_REASON: usize = 128;
+/// Ring space kept free so that the final `Quit` entry always fits.
+const QUIT_RESERVE: u64 = 16 + MAX_REASON as u64;
+/// How long the child keeps trying to deliver its last lines.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+/// Minimum time between two flood-control notices.
+const FLOOD_NOTICE_EVERY: Duration = Duration::from_secs(10);
+
+/// Why the child ends; becomes the reason in "* alice left (reason)".
+enum Exit {
+    /// The client said /quit.
+    Quit(String),
+    /// The connection ended (EOF, reset, keepalive timeout).
+    Closed(&'static str),
+    /// The client stopped reading and its queue overflowed.
+    SendQ,
+    /// The master asked us to close (kick or shutdown); text is queued.
+    ClosedByMaster,
+    /// The master is gone or the shared state is unusable.
+    Fatal(&'static str),
+}
+
+struct Child {
+    client: TcpStream,
+    ctl: OwnedFd,
+    lines: LineReader,
+    ring: RingWriter,
+    log: LogReader,
+    sleep: &'static SlotHeader,
+    flood: TokenBucket,
+    last_flood_notice: Option<Instant>,
+    sendq: Vec<u8>,
+    sent: usize,
+    spec: Spec,
+    client_eof: bool,
+    readable: bool,
+    writable: bool,
+    ctl_buf: Vec<u8>,
+}
+
+/// Runs the child's loop for one client until it leaves, then exits the
+/// process. Never returns.
+pub fn run(region: &'static Region, spec: Spec, client: TcpStream, ctl: OwnedFd) -> ! {
+    let mut child = Child {
+        lines: LineReader::new(spec.max_line, 4096),
+        ring: RingWriter::new(region, spec.slot),
+        log: LogReader::new(region, spec.slot, spec.client_id),
+        sleep: region.slot_header(spec.slot),
+        flood: TokenBucket::new(spec.flood_burst, spec.flood_rate),
+        last_flood_notice: None,
+        sendq: Vec::with_capacity(4096),
+        sent: 0,
+        client_eof: false,
+        readable: true,
+        writable: true,
+        ctl_buf: vec![0; ipc::MAX_MSG],
+        client,
+        ctl,
+        spec,
+    };
+    child
+        .sendq
+        .extend_from_slice(child.spec.greeting.as_bytes());
+    let exit = child.run();
+    child.finish(exit);
+    setup::exit(0)
+}
+
+impl Child {
+    fn run(&mut self) -> Exit {
+        loop {
+            if let Some(e) = self.handle_ctl() {
+                return e;
+            }
+            match self.log.drain(&mut self.sendq) {
+                Ok(_) => {}
+                Err(LogError::Evicted) => return Exit::SendQ,
+                Err(LogError::Corrupt(_)) => return Exit::Fatal("internal error"),
+            }
+            if self.sendq.len() - self.sent > self.spec.max_sendq {
+                return Exit::SendQ;
+            }
+            if let Err(e) = self.read_client() {
+                return e;
+            }
+            if let Some(e) = self.handle_lines() {
+                return e;
+            }
+            if self.ring.publish() {
+                self.notify_master();
+            }
+            if let Err(e) = self.flush() {
+                return e;
+            }
+            if self.client_eof && self.lines.pending() == 0 {
+                return Exit::Closed("connection closed");
+            }
+            if let Err(e) = self.wait() {
+                return e;
+            }
+        }
+    }
+
+    /// Handles every waiting control message.
+    fn handle_ctl(&mut self) -> Option<Exit> {
+        loop {
+            match ipc::recv_msg(self.ctl.as_fd(), &mut self.ctl_buf) {
+                Ok(None) => return None,
+                Ok(Some(0)) | Err(_) => return Some(Exit::Fatal("master gone")),
+                Ok(Some(n)) => match self.ctl_buf[0] {
+                    ipc::TEXT => self.sendq.extend_from_slice(&self.ctl_buf[1..n]),
+                    ipc::CLOSE => {
+                        self.sendq.extend_from_slice(&self.ctl_buf[1..n]);
+                        return Some(Exit::ClosedByMaster);
+                    }
+                    _ => {} // WAKE: the loop re-checks everything anyway.
+                },
+            }
+        }
+    }
+
+    /// Reads once from the client if there is room and input is not paused.
+    fn read_client(&mut self) -> Result<(), Exit> {
+        if !self.readable || self.client_eof || !self.may_take_line() {
+            return Ok(());
+        }
+        let spare = self.lines.spare();
+        if spare.is_empty() {
+            return Ok(());
+        }
+        match self.client.read(spare) {
+            Ok(0) => {
+                self.client_eof = true;
+                // A last line without a newline still counts.
+                if self.lines.pending() > 0 {
+                    self.lines.spare()[0] = b'\n';
+                    self.lines.filled(1);
+                }
+            }
+            Ok(n) => self.lines.filled(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Exit::Closed(io_reason(&e))),
+        }
+        Ok(())
+    }
+
+    /// Whether the next line may be processed now (ring room, flood tokens).
+    fn may_take_line(&mut self) -> bool {
+        self.ring.free() >= entry_size(self.spec.max_line) + QUIT_RESERVE
+            && self.flood.wait() == Duration::ZERO
+    }
+
+    /// Processes complete input lines while the ring and flood control allow.
+    fn handle_lines(&mut self) -> Option<Exit> {
+        loop {
+            if self.ring.free() < entry_size(self.spec.max_line) + QUIT_RESERVE {
+                return None;
+            }
+            let now = Instant::now();
+            if !self.flood.take(now) {
+                if self.lines.pending() > 0 && self.flood_notice_due(now) {
+                    self.reply_err(
+                        "flood control: you are sending too fast, your lines are delayed",
+                    );
+                }
+                return None;
+            }
+            let exit = match self.lines.next_line() {
+                None => {
+                    self.flood.give_back();
+                    return None;
+                }
+                Some(Input::TooLong) => {
+                    let msg = format!(
+                        "line too long (max {} bytes), discarded",
+                        self.spec.max_line
+                    );
+                    self.reply_err(&msg);
+                    None
+                }
+                Some(Input::Line(raw)) => match sanitize::check(raw) {
+                    Err(r) => {
+                        self.reply_err(r.message());
+                        None
+                    }
+                    Ok(text) => {
+                        let cmd = command::parse(text);
+                        if cmd == Command::Empty {
+                            self.flood.give_back();
+                        }
+                        // `text` borrows the line buffer; copy out what we keep.
+                        let act = Action::from(cmd);
+                        self.act(act)
+                    }
+                },
+            };
+            if exit.is_some() {
+                return exit;
+            }
+        }
+    }
+
+    fn act(&mut self, act: Action) -> Option<Exit> {
+        match act {
+            Action::None => {}
+            Action::Push(kind, payload) => {
+                let pushed = self.ring.push(kind, &payload);
+                debug_assert!(pushed, "room was checked before taking the line");
+            }
+            Action::Reply(lines) => {
+                for l in lines {
+                    self.sendq.extend_from_slice(l.as_bytes());
+                }
+            }
+            Action::Quit(reason) => return Some(Exit::Quit(reason)),
+        }
+        None
+    }
+
+    fn flood_notice_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .last_flood_notice
+            .is_none_or(|t| now - t >= FLOOD_NOTICE_EVERY);
+        if due {
+            self.last_flood_notice = Some(now);
+        }
+        due
+    }
+
+    fn reply_err(&mut self, msg: &str) {
+        self.sendq.extend_from_slice(ERR.as_bytes());
+        self.sendq.extend_from_slice(msg.as_bytes());
+        self.sendq.push(b'\n');
+    }
+
+    fn notify_master(&self) {
+        // A full socket means the master has notifications waiting anyway.
+        let _ = ipc::send_msg(self.ctl.as_fd(), ipc::NOTIFY, &[]);
+    }
+
+    /// Writes queued output with one syscall per wake.
+    fn flush(&mut self) -> Result<(), Exit> {
+        if self.sent == self.sendq.len() || !self.writable {
+            return Ok(());
+        }
+        match self.client.write(&self.sendq[self.sent..]) {
+            Ok(n) => self.sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Exit::Closed(io_reason(&e))),
+        }
+        if self.sent == self.sendq.len() {
+            self.sendq.clear();
+            self.sent = 0;
+            if self.sendq.capacity() > 64 * 1024 {
+                self.sendq.shrink_to(4096);
+            }
+        } else if self.sent >= 64 * 1024 {
+            self.sendq.drain(..self.sent);
+            self.sent = 0;
+        }
+        Ok(())
+    }
+
+    /// Sleeps in poll until the client, the master or a flood timer needs us.
+    fn wait(&mut self) -> Result<(), Exit> {
+        let want_read = !self.client_eof;
+        let can_take = self.may_take_line();
+        let pending_lines = can_take && self.lines.has_line();
+        if pending_lines || (self.readable && want_read && can_take) {
+            return Ok(()); // more to do without sleeping
+        }
+        if self.writable && self.sent < self.sendq.len() {
+            return Ok(());
+        }
+        let mut client_ev = PollFlags::empty();
+        if want_read && can_take {
+            client_ev |= PollFlags::POLLIN;
+        }
+        if self.sent < self.sendq.len() {
+            client_ev |= PollFlags::POLLOUT;
+        }
+        let timeout = match self.flood.wait() {
+            d if d.is_zero() => PollTimeout::NONE,
+            d => PollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
+        };
+        // Announce the sleep, then re-check the log (see ARCHITECTURE.md,
+        // "wake-ups"): the master reads `sleep_seq` after publishing.
+        let seq = self.sleep.sleep_seq.load(Relaxed) | 1;
+        self.sleep.sleep_seq.store(seq, SeqCst);
+        if self.log.has_new() {
+            self.sleep.sleep_seq.store(seq + 1, Relaxed);
+            return Ok(());
+        }
+        let mut fds = [
+            PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.client.as_fd(), client_ev),
+        ];
+        let r = poll(&mut fds, timeout);
+        self.sleep.sleep_seq.store(seq + 1, Relaxed);
+        match r {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return Err(Exit::Fatal("poll failed")),
+        }
+        let rev = fds[1].revents().unwrap_or(PollFlags::empty());
+        if rev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            self.readable = true;
+        }
+        if rev.intersects(PollFlags::POLLOUT | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            self.writable = true;
+        }
+        Ok(())
+    }
+
+    /// Announces the departure to the master, sends the last line and exits.
+    fn finish(&mut self, exit: Exit) {
+        let (reason, last_line): (String, Option<String>) = match exit {
+            Exit::Quit(r) => (r, Some(format!("{NOTICE}Bye!\n"))),
+            Exit::Closed(r) => (r.to_string(), None),
+            Exit::SendQ => {
+                // Drop what is queued, but finish the line already started.
+                let keep = match self.sendq[self.sent..].iter().position(|&b| b == b'\n') {
+                    Some(i) if self.sent > 0 && self.sendq[self.sent - 1] != b'\n' => {
+                        self.sent + i + 1
+                    }
+                    _ => self.sent,
+                };
+                self.sendq.truncate(keep);
+                (
+                    "SendQ exceeded".to_string(),
+                    Some(format!(
+                        "{ERR}SendQ exceeded: you were not reading; disconnecting\n"
+                    )),
+                )
+            }
+            Exit::ClosedByMaster => (String::new(), None),
+            Exit::Fatal(r) => (r.to_string(), None),
+        };
+        if !reason.is_empty() {
+            let mut r = reason.as_bytes();
+            if r.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !reason.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                r = &r[..cut];
+            }
+            if self.ring.push(Kind::Quit, r) && self.ring.publish() {
+                self.notify_master();
+            }
+        }
+        if let Some(l) = last_line {
+            self.sendq.extend_from_slice(l.as_bytes());
+        }
+        let deadline = Instant::now() + FINAL_FLUSH;
+        self.writable = true;
+        while self.sent < self.sendq.len() {
+            if self.flush().is_err() {
+                break;
+            }
+            if self.sent == self.sendq.len() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut fds = [PollFd::new(self.client.as_fd(), PollFlags::POLLOUT)];
+            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            if poll(&mut fds, t).is_err() {
+                break;
+            }
+            self.writable = true;
+        }
+        let _ = self.client.shutdown(Shutdown::Both);
+    }
+}
+
+/// What to do with one parsed line, detached from the input buffer.
+enum Action {
+    None,
+    Push(Kind, Vec<u8>),
+    Reply(Vec<String>),
+    Quit(String),
+}
+
+impl From<Command<'_>> for Action {
+    fn from(cmd: Command<'_>) -> Action {
+        let err = |m: String| Action::Reply(vec![format!("{ERR}{m}\n")]);
+        match cmd {
+            Command::Empty => Action::None,
+            Command::Chat(t) => Action::Push(Kind::Chat, t.as_bytes().to_vec()),
+            Command::Me(t) => Action::Push(Kind::Me, t.as_bytes().to_vec()),
+            Command::Nick(n) => match nick::validate(n) {
+                Ok(()) => Action::Push(Kind::Nick, n.as_bytes().to_vec()),
+                Err(why) => err(format!("cannot use nick {n}: {why}")),
+            },
+            Command::Who => Action::Push(Kind::Who, Vec::new()),
+            Command::Help => Action::Reply(
+                command::HELP
+                    .iter()
+                    .map(|l| format!("{NOTICE}{l}\n"))
+                    .collect(),
+            ),
+            Command::Quit(r) => Action::Quit(r.unwrap_or("quit").to_string()),
+            Command::Usage(u) => err(u.to_string()),
+            Command::Unknown(name) => err(format!("unknown command /{name}; type /help")),
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ETIMEDOUT) => "connection timed out",
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => "connection reset",
+        _ => "connection error",
+    }
+}

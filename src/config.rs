@@ -1,0 +1,286 @@
+//! Configuration: the TOML file, its built-in defaults and their validation.
+//!
+//! The master loads a [`Config`] at start-up and again on SIGHUP. Every key
+//! is optional; a missing key takes the default documented in
+//! `packaging/chatd.toml` and chatd(8). A bad file yields one [`ConfigError`]
+//! that names the key and the line, and the daemon exits with status 2 (or,
+//! on reload, keeps its running configuration).
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the packaged configuration lives; a missing file there means
+/// built-in defaults.
+pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
+
+/// Hard upper bound for `max_line`; the shared-memory rings are sized for it.
+pub const MAX_LINE_LIMIT: usize = 4096;
+/// Longest nickname accepted by `/nick`.
+pub const MAX_NICK: usize = 24;
+
+/// The daemon's settings. Field docs are the reference for the config keys.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to listen on (`"127.0.0.1:5555"`, `"[::1]:5555"`); ignored
+    /// when systemd passes sockets. Cannot change on reload.
+    pub listen: Vec<String>,
+    /// Most clients connected at once; further connects get "server full".
+    /// Raising it above the start-up value needs a restart.
+    pub max_clients: u32,
+    /// Most clients connected at once from one IP address.
+    pub max_per_ip: u32,
+    /// Longest accepted line in bytes, without the line ending (16..=4096).
+    pub max_line: usize,
+    /// Lines a client may send in a burst before flood control delays it.
+    pub flood_burst: u32,
+    /// Lines per second a client may sustain; 0 disables flood control.
+    pub flood_rate: f64,
+    /// Seconds to wait for children at shutdown before killing them.
+    pub shutdown_timeout: f64,
+    /// Bytes of undelivered output a client may have queued before it is
+    /// disconnected with "SendQ exceeded".
+    pub max_sendq: usize,
+    /// Seconds a stalled client may hold up the relay log when it is full
+    /// before it is disconnected.
+    pub stall_timeout: f64,
+    /// Seconds of idleness before TCP keepalive probes; 0 disables them.
+    pub keepalive: u32,
+    /// Name shown in the greeting.
+    pub server_name: String,
+    /// Message of the day, shown after the greeting (may span lines).
+    pub motd: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec!["127.0.0.1:5555".to_string()],
+            max_clients: 1024,
+            max_per_ip: 16,
+            max_line: 1024,
+            flood_burst: 10,
+            flood_rate: 5.0,
+            shutdown_timeout: 5.0,
+            max_sendq: 256 * 1024,
+            stall_timeout: 2.0,
+            keepalive: 60,
+            server_name: "chatd".to_string(),
+            motd: String::new(),
+        }
+    }
+}
+
+/// A configuration that could not be loaded, with the place to fix it.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub path: Option<PathBuf>,
+    pub key: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.path {
+            Some(p) => write!(f, "{}", p.display())?,
+            None => write!(f, "command line")?,
+        }
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Loads `path`. A missing file is an error unless `missing_ok`, in which
+    /// case the defaults are returned.
+    pub fn load(path: &Path, missing_ok: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Config::default())
+            }
+            Err(e) => {
+                return Err(ConfigError {
+                    path: Some(path.to_path_buf()),
+                    key: None,
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                })
+            }
+        };
+        Config::parse(&text).map_err(|mut e| {
+            e.path = Some(path.to_path_buf());
+            e
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of_offset(text, s.start));
+            let message = e.message().to_string();
+            let key =
+                unknown_field_name(&message).or_else(|| line.and_then(|l| key_on_line(text, l)));
+            ConfigError {
+                path: None,
+                key,
+                line,
+                message,
+            }
+        })?;
+        cfg.validate().map_err(|(key, message)| ConfigError {
+            path: None,
+            line: find_key_line(text, key),
+            key: Some(key.to_string()),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and cross-key rules; returns the offending key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.listen.is_empty() {
+            return Err(("listen", "needs at least one address".into()));
+        }
+        for a in &self.listen {
+            parse_listen(a).map_err(|m| ("listen", m))?;
+        }
+        if !(1..=100_000).contains(&self.max_clients) {
+            return Err(("max_clients", "must be between 1 and 100000".into()));
+        }
+        if self.max_per_ip < 1 {
+            return Err(("max_per_ip", "must be at least 1".into()));
+        }
+        if !(16..=MAX_LINE_LIMIT).contains(&self.max_line) {
+            return Err((
+                "max_line",
+                format!("must be between 16 and {MAX_LINE_LIMIT}"),
+            ));
+        }
+        if self.flood_burst < 1 {
+            return Err(("flood_burst", "must be at least 1".into()));
+        }
+        if !(self.flood_rate.is_finite() && self.flood_rate >= 0.0) {
+            return Err(("flood_rate", "must be a number >= 0 (0 disables)".into()));
+        }
+        if !(self.shutdown_timeout.is_finite() && (0.0..=3600.0).contains(&self.shutdown_timeout)) {
+            return Err((
+                "shutdown_timeout",
+                "must be between 0 and 3600 seconds".into(),
+            ));
+        }
+        if !(self.stall_timeout.is_finite() && (0.01..=3600.0).contains(&self.stall_timeout)) {
+            return Err((
+                "stall_timeout",
+                "must be between 0.01 and 3600 seconds".into(),
+            ));
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.max_sendq) {
+            return Err((
+                "max_sendq",
+                "must be between 4096 and 67108864 bytes".into(),
+            ));
+        }
+        if self.server_name.is_empty()
+            || self.server_name.len() > 64
+            || self.server_name.chars().any(char::is_control)
+        {
+            return Err(("server_name", "must be 1 to 64 printable characters".into()));
+        }
+        if self.motd.len() > 4096 || self.motd.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(("motd", "must be at most 4096 printable characters".into()));
+        }
+        Ok(())
+    }
+
+    /// The listen addresses, parsed (validated by [`Config::validate`]).
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listen
+            .iter()
+            .filter_map(|a| parse_listen(a).ok())
+            .collect()
+    }
+}
+
+/// Parses one `listen` entry: `IP:PORT` or `[IPv6]:PORT`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is not an address like 127.0.0.1:5555 or [::1]:5555"))
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line - 1)?;
+    let (k, _) = l.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && !k.starts_with('#')).then(|| k.to_string())
+}
+
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim() == key || k.trim() == format!("\"{key}\""))
+        })
+        .map(|i| i + 1)
+}
+
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn type_error_names_key_and_line() {
+        let e = Config::parse("server_name = \"x\"\nmax_clients = \"many\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("max_clients"));
+    }
+
+    #[test]
+    fn range_error_names_key_and_line() {
+        let e = Config::parse("\n\nmax_line = 3\n").unwrap_err();
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.key.as_deref(), Some("max_line"));
+        assert!(e.to_string().contains("max_line"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("max_clientz = 3\n").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("max_clientz"));
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        let e = Config::parse("listen = [\"localhost\"]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("listen"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The master's table of clients: slots, generations, pids, nicks, per-IP counts.
+//!
+//! A slot is allocated when a child is forked and freed only after the child
+//! has been reaped *and* everything it left in its ring has been relayed.
+//! Every allocation bumps the slot's generation, and clients are named by
+//! `id = generation << 32 | slot`, so nothing that refers to a previous
+//! owner (an epoll token, a log entry's origin) can match the new one.
+
+use crate::protocol::nick;
+use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+/// One connected (or departing) client, as the master sees it.
+pub struct Client {
+    pub slot: usize,
+    /// Internal id: generation << 32 | slot.
+    pub id: u64,
+    /// Connection number shown in logs and default nicks (guest-N).
+    pub serial: u64,
+    pub pid: Pid,
+    pub peer: SocketAddr,
+    pub nick: String,
+    pub ctl: OwnedFd,
+    /// The control socket is still registered with epoll.
+    pub ctl_open: bool,
+    /// Control messages waiting for room in the socket.
+    pub outbox: VecDeque<Vec<u8>>,
+    /// Last `sleep_seq` value this master sent a wake-up for.
+    pub woken_seq: u64,
+    /// Set once the leave notice is posted; the client no longer reads the log.
+    pub leaving: Option<String>,
+    /// Wait status collected; the process is gone.
+    pub reaped: bool,
+    /// Why the process ended, if it did not exit normally.
+    pub exit_reason: Option<String>,
+    /// Queued in the relay's ready list.
+    pub in_ready: bool,
+    /// When to SIGKILL a child that was told to close and has not exited.
+    pub kill_at: Option<Instant>,
+    pub since: Instant,
+    live_idx: usize,
+}
+
+impl Client {
+    /// Whether the relay log must wait for this client's cursor.
+    pub fn is_reader(&self) -> bool {
+        self.leaving.is_none() && !self.reaped && self.ctl_open
+    }
+}
+
+/// All clients, indexed by slot.
+pub struct Clients {
+    slots: Vec<Option<Box<Client>>>,
+    free: Vec<usize>,
+    live: Vec<usize>,
+    by_pid: HashMap<Pid, usize>,
+    nicks: HashMap<String, usize>,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// Normalises IPv4-mapped IPv6 addresses so per-IP limits see one address.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl Clients {
+    pub fn new(capacity: usize) -> Clients {
+        Clients {
+            slots: (0..capacity).map(|_| None).collect(),
+            free: (0..capacity).rev().collect(),
+            live: Vec::new(),
+            by_pid: HashMap::new(),
+            nicks: HashMap::new(),
+            per_ip: HashMap::new(),
+        }
+    }
+
+    /// Slots in use (connected or still being cleaned up).
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// Clients that have not left yet (what users call "online").
+    pub fn online(&self) -> usize {
+        self.iter().filter(|c| c.leaving.is_none()).count()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn from_ip(&self, ip: IpAddr) -> u32 {
+        self.per_ip.get(&canonical_ip(ip)).copied().unwrap_or(0)
+    }
+
+    /// Takes a free slot, if any.
+    pub fn take_slot(&mut self) -> Option<usize> {
+        self.free.pop()
+    }
+
+    /// Returns a slot that was taken but not used (fork failed).
+    pub fn return_slot(&mut self, slot: usize) {
+        self.free.push(slot);
+    }
+
+    /// Records a freshly forked client in its (taken) slot.
+    pub fn insert(&mut self, mut c: Client) {
+        let slot = c.slot;
+        assert!(self.slots[slot].is_none());
+        c.live_idx = self.live.len();
+        self.live.push(slot);
+        self.by_pid.insert(c.pid, slot);
+        self.nicks.insert(nick::fold(&c.nick), slot);
+        *self.per_ip.entry(canonical_ip(c.peer.ip())).or_insert(0) += 1;
+        self.slots[slot] = Some(Box::new(c));
+    }
+
+    /// Removes a client and frees its slot.
+    pub fn remove(&mut self, slot: usize) -> Option<Box<Client>> {
+        let c = self.slots[slot].take()?;
+        let last = *self.live.last().unwrap();
+        self.live.swap_remove(c.live_idx);
+        if last != slot {
+            self.slots[last].as_mut().unwrap().live_idx = c.live_idx;
+        }
+        self.by_pid.remove(&c.pid);
+        if self.nicks.get(&nick::fold(&c.nick)) == Some(&slot) {
+            self.nicks.remove(&nick::fold(&c.nick));
+        }
+        let ip = canonical_ip(c.peer.ip());
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        self.free.push(slot);
+        Some(c)
+    }
+
+    pub fn get(&self, slot: usize) -> Option<&Client> {
+        self.slots.get(slot)?.as_deref()
+    }
+
+    pub fn get_mut(&mut self, slot: usize) -> Option<&mut Client> {
+        self.slots.get_mut(slot)?.as_deref_mut()
+    }
+
+    /// The client with this id, if it is still the slot's owner.
+    pub fn by_id_mut(&mut self, id: u64) -> Option<&mut Client> {
+        let slot = (id & 0xffff_ffff) as usize;
+        self.get_mut(slot).filter(|c| c.id == id)
+    }
+
+    pub fn slot_of_pid(&self, pid: Pid) -> Option<usize> {
+        self.by_pid.get(&pid).copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Client> {
+        self.live.iter().map(|&s| self.slots[s].as_deref().unwrap())
+    }
+
+    /// Live slots, for loops that need `get_mut`.
+    pub fn live_slots(&self) -> Vec<usize> {
+        self.live.clone()
+    }
+
+    /// Live slot at position `i` of the live list (for allocation-free scans).
+    pub fn live_at(&self, i: usize) -> Option<usize> {
+        self.live.get(i).copied()
+    }
+
+    /// Renames a client. Err with the reason if the nick is taken.
+    pub fn rename(&mut self, slot: usize, new: &str) -> Result<String, &'static str> {
+        let key = nick::fold(new);
+        if let Some(&owner) = self.nicks.get(&key) {
+            if owner != slot {
+                return Err("is taken");
+            }
+        }
+        let c = self.slots[slot].as_mut().unwrap();
+        let old = std::mem::replace(&mut c.nick, new.to_string());
+        self.nicks.remove(&nick::fold(&old));
+        self.nicks.insert(key, slot);
+        Ok(old)
+    }
+
+    /// Nicks of the clients online, sorted case-insensitively.
+    pub fn nicks_online(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .iter()
+            .filter(|c| c.leaving.is_none())
+            .map(|c| c.nick.as_str())
+            .collect();
+        v.sort_by_key(|n| n.to_ascii_lowercase());
+        v
+    }
+}
+
+/// Builds a [`Client`] for [`Clients::insert`].
+#[allow(clippy::too_many_arguments)]
+pub fn new_client(
+    slot: usize,
+    id: u64,
+    serial: u64,
+    pid: Pid,
+    peer: SocketAddr,
+    nick: String,
+    ctl: OwnedFd,
+) -> Client {
+    Client {
+        slot,
+        id,
+        serial,
+        pid,
+        peer,
+        nick,
+        ctl,
+        ctl_open: true,
+        outbox: VecDeque::new(),
+        woken_seq: 0,
+        leaving: None,
+        reaped: false,
+        exit_reason: None,
+        in_ready: false,
+        kill_at: None,
+        since: Instant::now(),
+        live_idx: 0,
+    }
+}

@@ -1,0 +1,76 @@
+//! The listening sockets: inherited from systemd, or bound from the config.
+//!
+//! With socket activation (`LISTEN_PID`/`LISTEN_FDS`, checked by sd-notify)
+//! the sockets are used as they are; otherwise each `listen` address is
+//! bound with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so `0.0.0.0` and `[::]`
+//! can both be listed) and the largest backlog, for connection storms.
+
+use anyhow::{bail, Context, Result};
+use nix::sys::socket::{
+    bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType, SockaddrStorage,
+};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Where the listeners came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Systemd,
+    Config,
+}
+
+/// Opens the listeners: the ones systemd passed, else binds `addrs`.
+pub fn open(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Origin)> {
+    let fds = sd_notify::listen_fds().context("reading LISTEN_FDS")?;
+    let inherited: Vec<_> = fds.collect();
+    if !inherited.is_empty() {
+        let mut ls = Vec::new();
+        for fd in inherited {
+            // SAFETY: sd-notify validated LISTEN_PID and returns the fds
+            // systemd passed us (3..3+LISTEN_FDS), which nothing else owns.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let l = TcpListener::from(owned);
+            l.local_addr()
+                .context("socket passed by systemd is not a TCP socket")?;
+            ls.push(l);
+        }
+        for l in &ls {
+            l.set_nonblocking(true)?;
+        }
+        return Ok((ls, Origin::Systemd));
+    }
+    if addrs.is_empty() {
+        bail!("no address to listen on");
+    }
+    let mut ls = Vec::new();
+    for a in addrs {
+        ls.push(bind_one(*a).with_context(|| format!("cannot listen on {a}"))?);
+    }
+    Ok((ls, Origin::Config))
+}
+
+fn bind_one(addr: SocketAddr) -> Result<TcpListener> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    if addr.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    listen(&fd, Backlog::MAXCONN)?;
+    let _: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))?;
+    Ok(TcpListener::from(fd))
+}

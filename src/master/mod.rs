@@ -1,0 +1,434 @@
+//! The master process: one thread, one epoll loop.
+//!
+//! The loop ([`Master::run`]) waits on the listening sockets, a signalfd
+//! (SIGCHLD, SIGTERM, SIGINT, SIGHUP), a timerfd and one control socket per
+//! child. Each turn it dispatches the ready events, then runs the relay
+//! ([`relay`]: input rings → relay log) once, publishes the log and wakes the
+//! children that sleep. Accepting and forking live in [`spawn`], the client
+//! table in [`clients`], the sockets in [`listen`].
+
+pub mod clients;
+pub mod listen;
+pub mod relay;
+pub mod spawn;
+
+use crate::config::Config;
+use crate::ipc;
+use crate::shm::Region;
+use anyhow::{Context, Result};
+use clients::Clients;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::{kill, signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use relay::Relay;
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+const TOKEN_SIGNAL: u64 = 1 << 62;
+const TOKEN_TIMER: u64 = (1 << 62) + 1;
+const TOKEN_LISTEN: u64 = 1 << 61;
+/// How long a child told to close may linger before SIGKILL.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// How to reload the configuration on SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, crate::config::ConfigError>>;
+
+/// Counters shown in the status line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub connects: u64,
+    pub relayed: u64,
+    pub kicked: u64,
+    pub refused: u64,
+}
+
+pub struct Master {
+    cfg: Config,
+    reload: Reloader,
+    region: &'static Region,
+    epoll: Epoll,
+    listeners: Vec<TcpListener>,
+    signals: SignalFd,
+    timer: TimerFd,
+    timer_fast: bool,
+    clients: Clients,
+    relay: Relay,
+    stats: Stats,
+    pid: Pid,
+    shutdown_at: Option<Instant>,
+    last_status: Instant,
+}
+
+impl Master {
+    /// Sets up signals, the shared region, the listeners and the loop's fds.
+    pub fn new(cfg: Config, reload: Reloader) -> Result<Master> {
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).context("blocking signals")?;
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }.context("ignoring SIGPIPE")?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .context("signalfd")?;
+
+        let (listeners, origin) = listen::open(&cfg.listen_addrs())?;
+        let capacity = cfg.max_clients as usize;
+        let region: &'static Region = Box::leak(Box::new(
+            Region::create(capacity).context("creating the shared memory region")?,
+        ));
+
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .context("timerfd")?;
+        epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))?;
+        epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER))?;
+        for (i, l) in listeners.iter().enumerate() {
+            epoll.add(
+                l,
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTEN + i as u64),
+            )?;
+            info!(
+                event = "listen",
+                address = %l.local_addr()?,
+                source = ?origin,
+                "listening on {}", l.local_addr()?
+            );
+        }
+        let mut m = Master {
+            clients: Clients::new(capacity),
+            relay: Relay::new(region),
+            cfg,
+            reload,
+            region,
+            epoll,
+            listeners,
+            signals,
+            timer,
+            timer_fast: true,
+            stats: Stats::default(),
+            pid: nix::unistd::getpid(),
+            shutdown_at: None,
+            last_status: Instant::now(),
+        };
+        m.set_timer(false)?;
+        Ok(m)
+    }
+
+    /// The master's loop. Returns when shutdown is complete.
+    pub fn run(&mut self) -> Result<()> {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        info!(
+            event = "ready",
+            pid = self.pid.as_raw(),
+            max_clients = self.cfg.max_clients,
+            "chatd ready"
+        );
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => return Err(e).context("epoll_wait"),
+            };
+            for ev in &events[..n] {
+                self.dispatch(ev.data(), ev.events())?;
+            }
+            self.relay_turn();
+            if self.shutdown_at.is_some() && self.clients.is_empty() {
+                info!(event = "stopped", "all clients gone; exiting");
+                return Ok(());
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: u64, flags: EpollFlags) -> Result<()> {
+        match token {
+            TOKEN_SIGNAL => self.handle_signals(),
+            TOKEN_TIMER => {
+                let _ = self.timer.wait();
+                self.tick();
+                Ok(())
+            }
+            t if (TOKEN_LISTEN..TOKEN_SIGNAL).contains(&t) => {
+                self.accept_all((t - TOKEN_LISTEN) as usize);
+                Ok(())
+            }
+            id => {
+                self.handle_ctl(id, flags);
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_signals(&mut self) -> Result<()> {
+        while let Some(info) = self.signals.read_signal().context("reading signalfd")? {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => self.reap(),
+                Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => self.begin_shutdown(s),
+                Ok(Signal::SIGHUP) => self.reload_config(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects every exited child.
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(s) => s,
+            };
+            let (pid, reason) = match status {
+                WaitStatus::Exited(pid, 0) => (pid, None),
+                WaitStatus::Exited(pid, code) => (pid, Some(format!("exited with status {code}"))),
+                WaitStatus::Signaled(pid, sig, _) => (pid, Some(format!("killed by {sig}"))),
+                _ => continue,
+            };
+            let Some(slot) = self.clients.slot_of_pid(pid) else {
+                continue;
+            };
+            let c = self.clients.get_mut(slot).unwrap();
+            c.reaped = true;
+            if let Some(r) = &reason {
+                if self.shutdown_at.is_none() {
+                    warn!(
+                        event = "child_died",
+                        client = c.serial,
+                        pid = pid.as_raw(),
+                        peer = %c.peer,
+                        nick = %c.nick,
+                        reason = %r,
+                        "child {} {r}", pid
+                    );
+                }
+            }
+            // The leave notice waits until the ring is drained (relay), so
+            // the last lines the client sent come before it.
+            c.exit_reason = reason;
+            self.relay.mark_ready(&mut self.clients, slot);
+        }
+    }
+
+    /// Reads a child's control messages.
+    fn handle_ctl(&mut self, id: u64, flags: EpollFlags) {
+        let Some(c) = self.clients.by_id_mut(id) else {
+            return;
+        };
+        let slot = c.slot;
+        if flags.contains(EpollFlags::EPOLLOUT) {
+            self.flush_outbox(slot);
+        }
+        let c = self.clients.get_mut(slot).unwrap();
+        let mut buf = [0u8; 64];
+        let mut notified = false;
+        let mut closed = flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+        loop {
+            match ipc::recv_msg(c.ctl.as_fd(), &mut buf) {
+                Ok(None) => break,
+                Ok(Some(0)) | Err(_) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Some(_)) => notified = true, // NOTIFY is the only child message
+            }
+        }
+        if closed && c.ctl_open {
+            c.ctl_open = false;
+            let _ = self.epoll.delete(&c.ctl);
+        }
+        if notified || closed {
+            self.relay.mark_ready(&mut self.clients, slot);
+        }
+    }
+
+    /// Sends a control message to a child, queueing it if the socket is full.
+    pub(crate) fn send_ctl(&mut self, slot: usize, tag: u8, body: &[u8]) {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return;
+        };
+        if !c.ctl_open {
+            return;
+        }
+        let mut msg = Vec::with_capacity(1 + body.len());
+        msg.push(tag);
+        msg.extend_from_slice(body);
+        c.outbox.push_back(msg);
+        if c.outbox.len() == 1 {
+            self.flush_outbox(slot);
+        }
+    }
+
+    fn flush_outbox(&mut self, slot: usize) {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return;
+        };
+        let was_waiting = !c.outbox.is_empty();
+        while let Some(msg) = c.outbox.front() {
+            match ipc::send_raw(c.ctl.as_fd(), msg) {
+                Ok(true) => {
+                    c.outbox.pop_front();
+                }
+                Ok(false) => break,
+                Err(_) => {
+                    c.outbox.clear();
+                    break;
+                }
+            }
+        }
+        let want_out = !c.outbox.is_empty();
+        if c.ctl_open && (want_out || was_waiting) {
+            let mut f = EpollFlags::EPOLLIN;
+            if want_out {
+                f |= EpollFlags::EPOLLOUT;
+            }
+            let _ = self.epoll.modify(&c.ctl, &mut EpollEvent::new(f, c.id));
+        }
+    }
+
+    fn begin_shutdown(&mut self, sig: Signal) {
+        if self.shutdown_at.is_some() {
+            return;
+        }
+        let timeout = Duration::from_secs_f64(self.cfg.shutdown_timeout);
+        info!(event = "shutdown", signal = %sig, clients = self.clients.len(), "shutting down");
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.shutdown_at = Some(Instant::now() + timeout);
+        for l in self.listeners.drain(..) {
+            let _ = self.epoll.delete(&l);
+        }
+        let line = format!("{}server shutting down\n", crate::protocol::NOTICE);
+        for slot in self.clients.live_slots() {
+            self.send_ctl(slot, ipc::CLOSE, line.as_bytes());
+        }
+        // Tick often enough to meet the deadline precisely.
+        let _ = self.set_timer(true);
+    }
+
+    fn reload_config(&mut self) {
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Ready),
+        ]);
+        match (self.reload)() {
+            Err(e) => {
+                error!(event = "reload_failed", error = %e, "reload failed, keeping the running configuration: {e}")
+            }
+            Ok(mut new) => {
+                if new.listen != self.cfg.listen {
+                    warn!(
+                        event = "reload_ignored",
+                        key = "listen",
+                        "listen addresses cannot change at runtime; ignored until restart"
+                    );
+                    new.listen = self.cfg.listen.clone();
+                }
+                if new.max_clients as usize > self.clients.capacity() {
+                    warn!(
+                        event = "reload_ignored",
+                        key = "max_clients",
+                        "max_clients above {} needs a restart; using {}",
+                        self.clients.capacity(),
+                        self.clients.capacity()
+                    );
+                    new.max_clients = self.clients.capacity() as u32;
+                }
+                self.cfg = new;
+                info!(event = "reload", "configuration reloaded");
+            }
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Periodic work: deadlines, stalls, status.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if let Some(deadline) = self.shutdown_at {
+            if now >= deadline {
+                self.kill_all_and_reap();
+            }
+        }
+        for slot in self.clients.live_slots() {
+            let c = self.clients.get(slot).unwrap();
+            if c.kill_at.is_some_and(|t| now >= t) && !c.reaped {
+                warn!(
+                    event = "kill",
+                    client = c.serial,
+                    pid = c.pid.as_raw(),
+                    "child did not close in time; killing it"
+                );
+                let _ = kill(c.pid, Signal::SIGKILL);
+                self.clients.get_mut(slot).unwrap().kill_at = None;
+            }
+        }
+        self.relay_check_stall(now);
+        if now.duration_since(self.last_status) >= Duration::from_secs(2) {
+            self.last_status = now;
+            let s = self.status_line();
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s)]);
+        }
+        let fast = self.shutdown_at.is_some() || self.relay.is_blocked();
+        if fast != self.timer_fast {
+            let _ = self.set_timer(fast);
+        }
+    }
+
+    pub fn status_line(&self) -> String {
+        format!(
+            "{} clients, {} messages relayed, {} kicked",
+            self.clients.online(),
+            self.stats.relayed,
+            self.stats.kicked
+        )
+    }
+
+    fn kill_all_and_reap(&mut self) {
+        let slots = self.clients.live_slots();
+        warn!(
+            event = "shutdown_timeout",
+            clients = slots.len(),
+            "shutdown timeout; killing remaining children"
+        );
+        for &slot in &slots {
+            let c = self.clients.get(slot).unwrap();
+            if !c.reaped {
+                let _ = kill(c.pid, Signal::SIGKILL);
+                let _ = waitpid(c.pid, None);
+            }
+        }
+        for slot in slots {
+            self.clients.remove(slot);
+        }
+    }
+
+    fn set_timer(&mut self, fast: bool) -> Result<()> {
+        let period = if fast {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_secs(1)
+        };
+        self.timer
+            .set(
+                Expiration::Interval(TimeSpec::from_duration(period)),
+                TimerSetTimeFlags::empty(),
+            )
+            .context("timerfd_settime")?;
+        self.timer_fast = fast;
+        Ok(())
+    }
+}

@@ -1,0 +1,406 @@
+//! The relay: from the children's input rings to the relay log, and wake-ups.
+//!
+//! Each loop turn the master
+//! 1. appends queued notices, then reads the rings of the slots that
+//!    notified it, in notification order, validating every entry, turning
+//!    chat into formatted lines and handling `/nick`, `/who` and quits;
+//! 2. publishes the new log head once, and sends one WAKE to each child
+//!    that announced it sleeps (`sleep_seq` odd) and has not been woken for
+//!    that sleep yet: one wake-up per sleeping child per batch, whatever
+//!    the number of messages;
+//! 3. frees the slots of children that are gone and fully drained.
+//!
+//! When the log is full (a reader is behind) the relay stops reading rings,
+//! so senders' rings fill and their children stop reading their sockets:
+//! TCP pushes back, nothing is dropped. A reader that holds the log up for
+//! longer than `stall_timeout` is evicted ("SendQ exceeded").
+
+use super::Master;
+use crate::config::MAX_LINE_LIMIT;
+use crate::ipc;
+use crate::protocol::{nick, sanitize, ERR, NOTICE};
+use crate::shm::log::LogWriter;
+use crate::shm::ring::{Corrupt, Kind, RingReader};
+use crate::shm::{Region, LOG_BYTES};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+pub struct Relay {
+    log: LogWriter,
+    /// Log entries waiting for room, in order.
+    pending: VecDeque<(u64, Vec<u8>)>,
+    /// Slots whose rings may hold unread entries, in notification order.
+    ready: VecDeque<usize>,
+    blocked_since: Option<Instant>,
+    /// Published entries whose sleepers have not been woken yet.
+    unwoken: bool,
+    payload: Vec<u8>,
+}
+
+impl Relay {
+    pub fn new(region: &'static Region) -> Relay {
+        Relay {
+            log: LogWriter::new(region),
+            pending: VecDeque::new(),
+            ready: VecDeque::new(),
+            blocked_since: None,
+            unwoken: false,
+            payload: Vec::with_capacity(MAX_LINE_LIMIT),
+        }
+    }
+
+    /// Publishes what was appended; the position a new child starts from.
+    pub fn publish(&mut self) -> u64 {
+        self.unwoken |= self.log.publish();
+        self.log.head()
+    }
+
+    /// Queues a line for every client but `origin` (0: for everyone).
+    pub fn emit(&mut self, origin: u64, line: Vec<u8>) {
+        if !self.pending.is_empty() || !self.log.append(origin, &line) {
+            self.pending.push_back((origin, line));
+        }
+    }
+
+    pub fn mark_ready(&mut self, clients: &mut super::clients::Clients, slot: usize) {
+        if let Some(c) = clients.get_mut(slot) {
+            if !c.in_ready {
+                c.in_ready = true;
+                self.ready.push_back(slot);
+            }
+        }
+    }
+
+    /// Whether the log is full and the relay is waiting for readers.
+    pub fn is_blocked(&self) -> bool {
+        self.blocked_since.is_some()
+    }
+
+    fn flush_pending(&mut self) -> bool {
+        while let Some((origin, line)) = self.pending.front() {
+            if !self.log.append(*origin, line) {
+                return false;
+            }
+            self.pending.pop_front();
+        }
+        true
+    }
+}
+
+/// What one ring entry asked for, once validated.
+enum Request {
+    /// A chat line, or with `action` a `/me` line.
+    Line {
+        action: bool,
+        text: Vec<u8>,
+    },
+    Nick(String),
+    Who,
+    Quit(String),
+}
+
+impl Master {
+    /// One relay pass: rings → log, publish, wake, clean up.
+    pub(super) fn relay_turn(&mut self) {
+        let mut done = self.relay_pass();
+        if !done && self.refresh_tail() {
+            done = self.relay_pass();
+        }
+        if done {
+            self.relay.blocked_since = None;
+        } else if self.relay.blocked_since.is_none() {
+            self.relay.blocked_since = Some(Instant::now());
+            if !self.timer_fast {
+                let _ = self.set_timer(true);
+            }
+        }
+        self.relay.publish();
+        if std::mem::take(&mut self.relay.unwoken) {
+            self.wake_sleepers();
+        }
+    }
+
+    fn ring_idle(&self, slot: usize) -> bool {
+        let hdr = self.region.slot_header(slot);
+        hdr.head.load(SeqCst) == self.region.control(slot).consumed.load(SeqCst)
+    }
+
+    /// Processes ready slots while the log has room. Returns false if it
+    /// stopped because the log is full.
+    fn relay_pass(&mut self) -> bool {
+        if !self.relay.flush_pending() {
+            return false;
+        }
+        while let Some(&slot) = self.relay.ready.front() {
+            match self.drain_ring(slot) {
+                Ok(true) => {
+                    self.relay.ready.pop_front();
+                    if let Some(c) = self.clients.get_mut(slot) {
+                        c.in_ready = false;
+                    }
+                    self.maybe_finalize(slot);
+                }
+                Ok(false) => return false,
+                Err(e) => {
+                    self.relay.ready.pop_front();
+                    self.corrupt_child(slot, e);
+                }
+            }
+        }
+        true
+    }
+
+    /// Reads a slot's ring until it is empty (true) or the log is full (false).
+    fn drain_ring(&mut self, slot: usize) -> Result<bool, Corrupt> {
+        if self.clients.get(slot).is_none() {
+            return Ok(true);
+        }
+        let mut reader = RingReader::new(self.region, slot);
+        let mut payload = std::mem::take(&mut self.relay.payload);
+        let r = (|| {
+            while reader.refresh()? {
+                while let Some(kind) = reader.peek(&mut payload)? {
+                    if !self.relay.pending.is_empty() {
+                        reader.ack();
+                        return Ok(false);
+                    }
+                    let req = validate(kind, &payload)?;
+                    self.handle_request(slot, req);
+                    reader.advance();
+                }
+                reader.ack();
+            }
+            Ok(true)
+        })();
+        self.relay.payload = payload;
+        r
+    }
+
+    fn handle_request(&mut self, slot: usize, req: Request) {
+        let c = self.clients.get(slot).unwrap();
+        let (id, serial, nick_now) = (c.id, c.serial, c.nick.clone());
+        match req {
+            Request::Line { action: me, text } => {
+                let mut line = Vec::with_capacity(text.len() + nick_now.len() + 4);
+                line.extend_from_slice(if me { NOTICE.as_bytes() } else { b"<" });
+                line.extend_from_slice(nick_now.as_bytes());
+                line.extend_from_slice(if me { b" " } else { b"> " });
+                line.extend_from_slice(&text);
+                line.push(b'\n');
+                self.relay.emit(id, line);
+                self.stats.relayed += 1;
+            }
+            Request::Nick(new) => {
+                if c.leaving.is_some() {
+                    return;
+                }
+                match self.clients.rename(slot, &new) {
+                    Ok(old) if old == new => {}
+                    Ok(old) => {
+                        info!(event = "nick", client = serial, nick = %new, old_nick = %old, "{old} is now {new}");
+                        self.relay
+                            .emit(id, format!("{NOTICE}{old} is now {new}\n").into_bytes());
+                        self.send_ctl(
+                            slot,
+                            ipc::TEXT,
+                            format!("{NOTICE}you are now {new}\n").as_bytes(),
+                        );
+                    }
+                    Err(why) => {
+                        let msg = format!("{ERR}nick {new} {why}\n");
+                        self.send_ctl(slot, ipc::TEXT, msg.as_bytes());
+                    }
+                }
+            }
+            Request::Who => {
+                let nicks = self.clients.nicks_online();
+                let mut msg = format!("{NOTICE}{} online:", nicks.len());
+                for n in nicks {
+                    let _ = write!(msg, " {n}");
+                }
+                msg.push('\n');
+                self.send_ctl(slot, ipc::TEXT, msg.as_bytes());
+            }
+            Request::Quit(reason) => {
+                if reason == "SendQ exceeded" {
+                    self.stats.kicked += 1;
+                    let c = self.clients.get(slot).unwrap();
+                    warn!(event = "kick", client = serial, peer = %c.peer, nick = %nick_now, reason = %reason, "{nick_now} kicked: {reason}");
+                }
+                self.leave(slot, &reason);
+            }
+        }
+    }
+
+    /// Posts the leave notice once and stops waiting for the client's reads.
+    pub(super) fn leave(&mut self, slot: usize, reason: &str) {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return;
+        };
+        if c.leaving.is_some() {
+            return;
+        }
+        c.leaving = Some(reason.to_string());
+        if self.shutdown_at.is_none() {
+            let line = format!("{NOTICE}{} left ({reason})\n", c.nick);
+            self.relay.emit(0, line.into_bytes());
+        }
+    }
+
+    /// Frees the slot of a child that is gone and whose ring is drained.
+    fn maybe_finalize(&mut self, slot: usize) {
+        let Some(c) = self.clients.get(slot) else {
+            return;
+        };
+        if !c.reaped || c.in_ready || !self.ring_idle(slot) {
+            return;
+        }
+        if c.leaving.is_none() {
+            let reason = c
+                .exit_reason
+                .clone()
+                .unwrap_or_else(|| "connection closed".into());
+            self.leave(slot, &reason);
+        }
+        let c = self.clients.remove(slot).unwrap();
+        if c.ctl_open {
+            let _ = self.epoll.delete(&c.ctl);
+        }
+        info!(
+            event = "disconnect",
+            client = c.serial,
+            pid = c.pid.as_raw(),
+            peer = %c.peer,
+            nick = %c.nick,
+            reason = %c.leaving.as_deref().unwrap_or(""),
+            duration_s = c.since.elapsed().as_secs(),
+            "{} disconnected ({})", c.nick, c.leaving.as_deref().unwrap_or("")
+        );
+    }
+
+    /// A child wrote something impossible into its ring: kick it.
+    fn corrupt_child(&mut self, slot: usize, e: Corrupt) {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return;
+        };
+        c.in_ready = false;
+        warn!(event = "security", client = c.serial, pid = c.pid.as_raw(), peer = %c.peer, error = %e, "killing child: {e}");
+        let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+        // Skip whatever is left in its ring.
+        let head = self.region.slot_header(slot).head.load(SeqCst);
+        self.region.control(slot).consumed.store(head, SeqCst);
+        self.leave(slot, "protocol violation");
+    }
+
+    /// Recomputes the log tail from the readers' cursors. True if it moved.
+    fn refresh_tail(&mut self) -> bool {
+        let head = self.relay.log.head();
+        let mut tail = head;
+        let mut bad = Vec::new();
+        for c in self.clients.iter().filter(|c| c.is_reader()) {
+            let cur = self.region.slot_header(c.slot).cursor.load(Acquire);
+            if cur > head || head - cur > LOG_BYTES as u64 || cur % 8 != 0 {
+                bad.push(c.slot);
+                continue;
+            }
+            tail = tail.min(cur);
+        }
+        for slot in bad {
+            self.corrupt_child(slot, Corrupt("log cursor out of range"));
+        }
+        let moved = tail != self.relay.log.tail();
+        self.relay.log.set_tail(tail);
+        moved
+    }
+
+    /// Called by the timer: retries a blocked relay, evicts stalled readers.
+    pub(super) fn relay_check_stall(&mut self, now: Instant) {
+        let Some(since) = self.relay.blocked_since else {
+            return;
+        };
+        self.refresh_tail();
+        self.relay_turn();
+        if self.relay.blocked_since.is_none() {
+            return;
+        }
+        if now.duration_since(since) < Duration::from_secs_f64(self.cfg.stall_timeout) {
+            return;
+        }
+        // Evict the readers at the tail: they have not read for too long.
+        let head = self.relay.log.head();
+        let mut tail = head;
+        for c in self.clients.iter().filter(|c| c.is_reader()) {
+            tail = tail.min(self.region.slot_header(c.slot).cursor.load(Acquire));
+        }
+        let laggards: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|c| {
+                c.is_reader() && self.region.slot_header(c.slot).cursor.load(Acquire) == tail
+            })
+            .map(|c| c.slot)
+            .collect();
+        for slot in laggards {
+            LogWriter::evict(self.region.control(slot));
+            let c = self.clients.get_mut(slot).unwrap();
+            c.kill_at = Some(now + super::CLOSE_GRACE);
+            let (serial, peer, nick) = (c.serial, c.peer, c.nick.clone());
+            self.stats.kicked += 1;
+            warn!(event = "kick", client = serial, peer = %peer, nick = %nick, reason = "SendQ exceeded", "{nick} kicked: stalled for {:.1}s", self.cfg.stall_timeout);
+            self.send_ctl(
+                slot,
+                ipc::CLOSE,
+                format!("{ERR}SendQ exceeded: you were not reading; disconnecting\n").as_bytes(),
+            );
+            self.leave(slot, "SendQ exceeded");
+        }
+        self.relay.blocked_since = Some(now);
+        self.refresh_tail();
+        self.relay_turn();
+    }
+
+    /// Sends one WAKE to each child sleeping since the last wake-up.
+    fn wake_sleepers(&mut self) {
+        let mut i = 0;
+        while let Some(slot) = self.clients.live_at(i) {
+            i += 1;
+            let seq = self.region.slot_header(slot).sleep_seq.load(SeqCst);
+            let c = self.clients.get_mut(slot).unwrap();
+            if seq & 1 == 1 && seq != c.woken_seq && c.ctl_open && !c.reaped {
+                c.woken_seq = seq;
+                // A full socket already holds a wake-up for this child.
+                let _ = ipc::send_raw(std::os::fd::AsFd::as_fd(&c.ctl), &[ipc::WAKE]);
+            }
+        }
+    }
+}
+
+/// Validates a ring entry as untrusted input.
+fn validate(kind: Kind, payload: &[u8]) -> Result<Request, Corrupt> {
+    let text = || -> Result<&str, Corrupt> {
+        if payload.len() > MAX_LINE_LIMIT {
+            return Err(Corrupt("line too long"));
+        }
+        sanitize::check(payload).map_err(|_| Corrupt("unsanitised text"))
+    };
+    Ok(match kind {
+        Kind::Chat => Request::Line {
+            action: false,
+            text: text()?.as_bytes().to_vec(),
+        },
+        Kind::Me => Request::Line {
+            action: true,
+            text: text()?.as_bytes().to_vec(),
+        },
+        Kind::Nick => {
+            let n = text()?;
+            nick::validate(n).map_err(|_| Corrupt("invalid nick"))?;
+            Request::Nick(n.to_string())
+        }
+        Kind::Who => Request::Who,
+        Kind::Quit => Request::Quit(text()?.to_string()),
+    })
+}

@@ -1,0 +1,180 @@
+//! Accepting clients and forking one child per client.
+//!
+//! The master checks the limits (`max_clients`, `max_per_ip`) before it
+//! forks, refusing with one final line. For an accepted client it takes a
+//! slot, bumps its generation, resets the slot's shared state, creates the
+//! control socketpair and forks; the child runs [`crate::child`], the master
+//! keeps only its end of the socketpair and posts the join notice.
+
+use super::clients::new_client;
+use super::Master;
+use crate::child::{self, Spec};
+use crate::protocol::{ERR, NOTICE};
+use nix::sys::epoll::{EpollEvent, EpollFlags};
+use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
+use nix::unistd::{fork, ForkResult};
+use std::io::{ErrorKind, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering::SeqCst;
+use tracing::{error, info, warn};
+
+/// Accepts at most this many connections per listener event, so that a
+/// storm cannot starve the relay; epoll reports the rest again.
+const ACCEPT_BATCH: usize = 128;
+/// Kernel send buffer per client: bounds memory per slow client.
+const CLIENT_SNDBUF: usize = 64 * 1024;
+
+impl Master {
+    pub(super) fn accept_all(&mut self, idx: usize) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(l) = self.listeners.get(idx) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: leave the connection in the backlog
+                    // and retry on the next tick rather than spin.
+                    error!(event = "accept_failed", error = %e, "accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.clients.len() >= self.cfg.max_clients as usize {
+            return self.refuse(stream, peer, "server full", "server full, try again later");
+        }
+        if self.clients.from_ip(peer.ip()) >= self.cfg.max_per_ip {
+            return self.refuse(
+                stream,
+                peer,
+                "too many connections from address",
+                "too many connections from your address",
+            );
+        }
+        let Some(slot) = self.clients.take_slot() else {
+            return self.refuse(stream, peer, "server full", "server full, try again later");
+        };
+        if let Err(e) = self.fork_child(slot, stream, peer) {
+            self.clients.return_slot(slot);
+            error!(event = "fork_failed", peer = %peer, error = %e, "cannot start a child for {peer}: {e}");
+            self.stats.refused += 1;
+        }
+    }
+
+    fn refuse(&mut self, mut stream: TcpStream, peer: SocketAddr, reason: &str, line: &str) {
+        self.stats.refused += 1;
+        warn!(event = "refused", peer = %peer, reason, "refused {peer}: {reason}");
+        let _ = stream.set_nonblocking(true);
+        let _ = stream.write_all(format!("{ERR}{line}\n").as_bytes());
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn configure_socket(&self, stream: &TcpStream) -> std::io::Result<()> {
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        setsockopt(stream, sockopt::SndBuf, &CLIENT_SNDBUF)?;
+        if self.cfg.keepalive > 0 {
+            setsockopt(stream, sockopt::KeepAlive, &true)?;
+            setsockopt(stream, sockopt::TcpKeepIdle, &self.cfg.keepalive)?;
+            setsockopt(stream, sockopt::TcpKeepInterval, &10)?;
+            setsockopt(stream, sockopt::TcpKeepCount, &3)?;
+        }
+        Ok(())
+    }
+
+    fn fork_child(
+        &mut self,
+        slot: usize,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> anyhow::Result<()> {
+        self.configure_socket(&stream)?;
+        let (mine, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )?;
+        let ctl = self.region.control(slot);
+        let gen = ctl.gen.load(SeqCst).wrapping_add(1) & 0xffff_ffff;
+        let id = gen << 32 | slot as u64;
+        // The previous owner of the slot has been reaped: nobody else writes here.
+        ctl.gen.store(gen, SeqCst);
+        ctl.consumed.store(0, SeqCst);
+        ctl.evicted.store(0, SeqCst);
+        let hdr = self.region.slot_header(slot);
+        hdr.head.store(0, SeqCst);
+        hdr.sleep_seq.store(0, SeqCst);
+        // Start after everything appended so far, published so the child
+        // never sees a head behind its cursor.
+        hdr.cursor.store(self.relay.publish(), SeqCst);
+
+        let serial = self.stats.connects + 1;
+        // Users cannot choose guest-* nicks, and serials never repeat.
+        let nick = format!("guest-{serial}");
+        let online = self.clients.online() + 1;
+        let spec = Spec {
+            slot,
+            client_id: id,
+            greeting: self.greeting(&nick, online),
+            max_line: self.cfg.max_line,
+            max_sendq: self.cfg.max_sendq,
+            flood_burst: self.cfg.flood_burst,
+            flood_rate: self.cfg.flood_rate,
+        };
+        // SAFETY: the master is single-threaded, so the child gets a
+        // consistent copy of all state; the child only runs `child::setup`
+        // and `child::run` and leaves through `_exit`, never returning into
+        // the master's code.
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                let (client, ctl) = child::setup::prepare(self.pid, OwnedFd::from(stream), theirs);
+                child::run(self.region, spec, TcpStream::from(client), ctl)
+            }
+            ForkResult::Parent { child: pid } => {
+                drop(theirs);
+                drop(stream);
+                self.epoll
+                    .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id))?;
+                self.clients
+                    .insert(new_client(slot, id, serial, pid, peer, nick.clone(), mine));
+                self.stats.connects += 1;
+                info!(
+                    event = "connect",
+                    client = serial,
+                    pid = pid.as_raw(),
+                    peer = %peer,
+                    nick = %nick,
+                    "{nick} connected from {peer}"
+                );
+                self.relay
+                    .emit(id, format!("{NOTICE}{nick} joined\n").into_bytes());
+                Ok(())
+            }
+        }
+    }
+
+    fn greeting(&self, nick: &str, online: usize) -> String {
+        let users = if online == 1 {
+            "1 user".to_string()
+        } else {
+            format!("{online} users")
+        };
+        let mut g = format!(
+            "{NOTICE}Welcome to {}! {users} online. You are {nick}. Type /help for commands.\n",
+            self.cfg.server_name
+        );
+        for l in self.cfg.motd.lines() {
+            g.push_str(NOTICE);
+            g.push_str(l);
+            g.push('\n');
+        }
+        g
+    }
+}

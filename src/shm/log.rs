@@ -1,0 +1,270 @@
+//! The relay log: the master writes, every child reads.
+//!
+//! Entries are `[pos][origin][len][payload, zero-padded]`: a formatted line
+//! (`<alice> hi\n`, `* bob joined\n`) and the client id it came from, which
+//! that client's child skips (no self-echo). The log's order is the one
+//! global order every client sees.
+//!
+//! Flow control: the master never writes past the lowest cursor of the
+//! children it still waits for ([`LogWriter::set_tail`]). A child that holds
+//! the log up for too long is evicted: the master sets `evicted` with a
+//! release fence *before* it overwrites anything that child may still read,
+//! and the child checks the flag after an acquire fence *after* copying
+//! (a seqlock), so it discards anything that might be torn.
+
+use super::words::{load, read_bytes, store, words_for, write_bytes};
+use super::{Header, Region, SlotControl, SlotHeader, LOG_BYTES};
+use std::sync::atomic::{fence, AtomicU64, Ordering::*};
+
+/// Largest payload of one log entry.
+pub const MAX_PAYLOAD: usize = 8192;
+const ENTRY_HEADER: u64 = 24;
+
+/// Space an entry with `len` payload bytes takes.
+pub fn entry_size(len: usize) -> u64 {
+    ENTRY_HEADER + 8 * words_for(len) as u64
+}
+
+/// The master's side of the log.
+pub struct LogWriter {
+    log: &'static [AtomicU64],
+    header: &'static Header,
+    head: u64,
+    tail: u64,
+}
+
+impl LogWriter {
+    pub fn new(region: &'static Region) -> LogWriter {
+        let head = region.header().log_head.load(SeqCst);
+        LogWriter {
+            log: region.log(),
+            header: region.header(),
+            head,
+            tail: head,
+        }
+    }
+
+    /// Position after the last appended entry.
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The lowest position a reader still needs, as last set.
+    pub fn tail(&self) -> u64 {
+        self.tail
+    }
+
+    /// Sets the lowest position a reader still needs.
+    pub fn set_tail(&mut self, tail: u64) {
+        debug_assert!(tail <= self.head && self.head - tail <= LOG_BYTES as u64);
+        self.tail = tail;
+    }
+
+    /// Whether an entry of `len` payload bytes fits without passing the tail.
+    pub fn fits(&self, len: usize) -> bool {
+        self.head + entry_size(len) - self.tail <= LOG_BYTES as u64
+    }
+
+    /// Appends one entry (not yet visible); false if it does not fit.
+    pub fn append(&mut self, origin: u64, payload: &[u8]) -> bool {
+        assert!(payload.len() <= MAX_PAYLOAD);
+        if !self.fits(payload.len()) {
+            return false;
+        }
+        let w = self.head / 8;
+        store(self.log, w, self.head);
+        store(self.log, w + 1, origin);
+        store(self.log, w + 2, payload.len() as u64);
+        write_bytes(self.log, w + 3, payload);
+        self.head += entry_size(payload.len());
+        true
+    }
+
+    /// Makes appended entries visible; true if anything was new.
+    pub fn publish(&mut self) -> bool {
+        if self.header.log_head.load(Relaxed) == self.head {
+            return false;
+        }
+        self.header.log_head.store(self.head, SeqCst);
+        true
+    }
+
+    /// Marks a child as evicted. Must precede any write past its cursor.
+    pub fn evict(ctl: &SlotControl) {
+        ctl.evicted.store(1, Relaxed);
+        fence(Release);
+    }
+}
+
+/// Why a child must stop reading the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("evicted: fell too far behind the relay log")]
+    Evicted,
+    #[error("corrupt relay log: {0}")]
+    Corrupt(&'static str),
+}
+
+/// A child's side of the log.
+pub struct LogReader {
+    log: &'static [AtomicU64],
+    header: &'static Header,
+    mine: &'static SlotHeader,
+    ctl: &'static SlotControl,
+    me: u64,
+    cursor: u64,
+}
+
+impl LogReader {
+    /// A reader for client `me` in `slot`, starting at the slot's cursor
+    /// (set by the master before the fork).
+    pub fn new(region: &'static Region, slot: usize, me: u64) -> LogReader {
+        let mine = region.slot_header(slot);
+        LogReader {
+            log: region.log(),
+            header: region.header(),
+            mine,
+            ctl: region.control(slot),
+            me,
+            cursor: mine.cursor.load(SeqCst),
+        }
+    }
+
+    /// Whether the log has entries past this reader's cursor (SeqCst, for
+    /// the sleep protocol).
+    pub fn has_new(&self) -> bool {
+        self.header.log_head.load(SeqCst) != self.cursor
+    }
+
+    /// Appends every new entry not from this client to `out`; returns the
+    /// number of entries read. On error, `out` is left as it was.
+    pub fn drain(&mut self, out: &mut Vec<u8>) -> Result<usize, LogError> {
+        let start_len = out.len();
+        let r = self.read_into(out);
+        if r.is_err() {
+            out.truncate(start_len);
+        }
+        r
+    }
+
+    fn read_into(&mut self, out: &mut Vec<u8>) -> Result<usize, LogError> {
+        let head = self.header.log_head.load(Acquire);
+        if head == self.cursor {
+            return Ok(0);
+        }
+        if head < self.cursor || head - self.cursor > LOG_BYTES as u64 || head % 8 != 0 {
+            return Err(self.why("head out of range"));
+        }
+        let mut pos = self.cursor;
+        let mut n = 0;
+        while pos < head {
+            if head - pos < ENTRY_HEADER {
+                return Err(self.why("truncated entry"));
+            }
+            let w = pos / 8;
+            if load(self.log, w) != pos {
+                return Err(self.why("entry sequence mismatch"));
+            }
+            let origin = load(self.log, w + 1);
+            let len = load(self.log, w + 2);
+            if len > MAX_PAYLOAD as u64 || pos + entry_size(len as usize) > head {
+                return Err(self.why("bad entry length"));
+            }
+            if origin != self.me {
+                read_bytes(self.log, w + 3, len as usize, out);
+            }
+            pos += entry_size(len as usize);
+            n += 1;
+        }
+        // Seqlock check: anything overwritten while we copied implies the
+        // master set `evicted` before it.
+        fence(Acquire);
+        if self.ctl.evicted.load(Relaxed) != 0 {
+            return Err(LogError::Evicted);
+        }
+        self.cursor = pos;
+        self.mine.cursor.store(pos, Release);
+        Ok(n)
+    }
+
+    fn why(&self, what: &'static str) -> LogError {
+        fence(Acquire);
+        if self.ctl.evicted.load(Relaxed) != 0 {
+            LogError::Evicted
+        } else {
+            LogError::Corrupt(what)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_skip_own_and_see_all_others() {
+        let r: &'static Region = Box::leak(Box::new(Region::create(3).unwrap()));
+        let mut w = LogWriter::new(r);
+        let mut a = LogReader::new(r, 0, 100);
+        let mut b = LogReader::new(r, 1, 200);
+        let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+        let mut expect_a = Vec::new();
+        let mut expect_b = Vec::new();
+        for i in 0..100_000u64 {
+            let origin = [100, 200, 0][i as usize % 3];
+            let line = format!("line {i}\n");
+            if !w.append(origin, line.as_bytes()) {
+                w.publish();
+                a.drain(&mut out_a).unwrap();
+                b.drain(&mut out_b).unwrap();
+                let tail = r
+                    .slot_header(0)
+                    .cursor
+                    .load(SeqCst)
+                    .min(r.slot_header(1).cursor.load(SeqCst));
+                w.set_tail(tail);
+                assert!(w.append(origin, line.as_bytes()));
+            }
+            if origin != 100 {
+                expect_a.extend_from_slice(line.as_bytes());
+            }
+            if origin != 200 {
+                expect_b.extend_from_slice(line.as_bytes());
+            }
+        }
+        w.publish();
+        a.drain(&mut out_a).unwrap();
+        b.drain(&mut out_b).unwrap();
+        assert_eq!(out_a, expect_a);
+        assert_eq!(out_b, expect_b);
+    }
+
+    #[test]
+    fn evicted_reader_discards() {
+        let r: &'static Region = Box::leak(Box::new(Region::create(1).unwrap()));
+        let mut w = LogWriter::new(r);
+        let mut a = LogReader::new(r, 0, 1);
+        assert!(w.append(0, b"x\n"));
+        w.publish();
+        LogWriter::evict(r.control(0));
+        let mut out = b"keep".to_vec();
+        assert_eq!(a.drain(&mut out), Err(LogError::Evicted));
+        assert_eq!(out, b"keep");
+    }
+
+    #[test]
+    fn garbage_head_is_rejected() {
+        let r: &'static Region = Box::leak(Box::new(Region::create(1).unwrap()));
+        let mut a = LogReader::new(r, 0, 1);
+        r.header().log_head.store(13, SeqCst);
+        assert!(matches!(
+            a.drain(&mut Vec::new()),
+            Err(LogError::Corrupt(_))
+        ));
+        r.header().log_head.store(64, SeqCst);
+        assert!(matches!(
+            a.drain(&mut Vec::new()),
+            Err(LogError::Corrupt(_))
+        ));
+    }
+}

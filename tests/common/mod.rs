@@ -1,0 +1,339 @@
+//! Test harness: starts the real `chatd` binary and talks TCP to it.
+//!
+//! [`Server`] writes a config file into a private temp dir, starts chatd on
+//! 127.0.0.1:0, learns the port from its `listen` log event, collects its
+//! stderr, and on drop kills it (children die with it through their
+//! parent-death signal) and removes the temp dir. [`Client`] is a line
+//! client with timeouts. Every wait polls a condition with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_chatd");
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A private temp directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "chatd-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+type Log = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Log,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+}
+
+/// Test defaults: an ephemeral port, no per-IP or flood limits.
+pub fn base_config() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("listen".into(), "[\"127.0.0.1:0\"]".into());
+    m.insert("max_per_ip".into(), "100000".into());
+    m.insert("flood_rate".into(), "0".into());
+    m
+}
+
+pub fn render(cfg: &BTreeMap<String, String>) -> String {
+    cfg.iter().map(|(k, v)| format!("{k} = {v}\n")).collect()
+}
+
+impl Server {
+    /// Starts chatd with the test defaults overridden by `overrides` (TOML values).
+    pub fn start(overrides: &[(&str, &str)]) -> Server {
+        let mut cfg = base_config();
+        for (k, v) in overrides {
+            cfg.insert(k.to_string(), v.to_string());
+        }
+        Server::start_text(&render(&cfg), &[])
+    }
+
+    /// Starts chatd with this config file text and extra arguments.
+    pub fn start_text(config: &str, args: &[&str]) -> Server {
+        let dir = TempDir::new();
+        let config_path = dir.0.join("chatd.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config").arg(&config_path).args(args);
+        Server::spawn(cmd, dir, config_path)
+    }
+
+    /// Spawns a prepared command whose stderr carries chatd's log.
+    pub fn spawn(mut cmd: Command, dir: TempDir, config_path: PathBuf) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.env("CHATD_LOG", "debug");
+        let mut child = cmd.spawn().expect("start chatd");
+        let log: Log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stderr = child.stderr.take().unwrap();
+        let l2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (m, cv) = &*l2;
+                m.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+        let mut s = Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            log,
+            dir,
+            config_path,
+        };
+        let line = s.wait_log("event=\"ready\"");
+        let _ = line;
+        let listen = s.find_log("event=\"listen\"").expect("listen event");
+        let addr = listen
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("address="))
+            .expect("address field");
+        s.addr = addr.parse().unwrap();
+        s
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    pub fn find_log(&self, needle: &str) -> Option<String> {
+        self.log_lines().into_iter().find(|l| l.contains(needle))
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a log line contains `needle`; panics with the log if not.
+    pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_n(needle, 1)
+    }
+
+    /// Waits until `n` log lines contain `needle`; returns the n-th.
+    pub fn wait_log_n(&self, needle: &str, n: usize) -> String {
+        let (m, cv) = &*self.log;
+        let end = Instant::now() + TIMEOUT;
+        let mut g = m.lock().unwrap();
+        loop {
+            let hits: Vec<&String> = g.iter().filter(|l| l.contains(needle)).collect();
+            if hits.len() >= n {
+                return hits[n - 1].clone();
+            }
+            let now = Instant::now();
+            if now >= end {
+                panic!("no {n}x log line with {needle:?}; log:\n{}", g.join("\n"));
+            }
+            g = cv.wait_timeout(g, end - now).unwrap().0;
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Connects and reads the greeting; returns the client and its nick.
+    pub fn join(&self) -> (Client, String) {
+        let mut c = self.connect();
+        let nick = c.greeting();
+        (c, nick)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Pids whose parent is the master.
+    pub fn children(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+
+    /// Waits for the master to exit; None on timeout.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().unwrap())
+    }
+
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let lines = self.log_lines();
+            let from = lines.len().saturating_sub(200);
+            eprintln!("---- chatd log (last {} lines) ----", lines.len() - from);
+            for l in &lines[from..] {
+                eprintln!("{l}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of the live processes whose parent is `ppid`.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_string()) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 2 && f[1].parse::<i32>() == Ok(ppid) && f[0] != "Z" {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).expect("send");
+    }
+
+    pub fn send_bytes(&mut self, b: &[u8]) {
+        self.stream.write_all(b).expect("send");
+    }
+
+    /// The next line without its newline; None at EOF or reset.
+    pub fn read_line(&mut self) -> Option<String> {
+        let mut buf = Vec::new();
+        match self.reader.read_until(b'\n', &mut buf) {
+            Ok(0) => None,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                Some(String::from_utf8(buf).expect("server sent invalid UTF-8"))
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("timed out waiting for a line")
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Reads lines until one contains `needle`; returns it. Panics on EOF/timeout.
+    pub fn expect(&mut self, needle: &str) -> String {
+        let mut seen = Vec::new();
+        loop {
+            match self.read_line() {
+                Some(l) if l.contains(needle) => return l,
+                Some(l) => seen.push(l),
+                None => panic!("EOF before a line with {needle:?}; got {seen:?}"),
+            }
+        }
+    }
+
+    /// Reads the greeting; returns the assigned nick.
+    pub fn greeting(&mut self) -> String {
+        let l = self.expect("Welcome");
+        let after = l.split("You are ").nth(1).expect("nick in greeting");
+        after.split('.').next().unwrap().to_string()
+    }
+
+    /// Reads until EOF; returns the lines.
+    pub fn read_to_eof(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Some(l) = self.read_line() {
+            v.push(l);
+        }
+        v
+    }
+
+    /// True if the server closed the connection (reads to EOF, discarding).
+    pub fn is_closed(&mut self) -> bool {
+        let mut sink = Vec::new();
+        self.reader.read_to_end(&mut sink).is_ok()
+    }
+}
