@@ -100,7 +100,19 @@ impl Server {
     }
 
     /// Spawns a prepared command whose stderr carries chatd's log.
-    pub fn spawn(mut cmd: Command, dir: TempDir, config_path: PathBuf) -> Server {
+    pub fn spawn(cmd: Command, dir: TempDir, config_path: PathBuf) -> Server {
+        Server::spawn_activated(cmd, dir, config_path, None).0
+    }
+
+    /// Like [`Server::spawn`]; with `first`, connects a first client to that
+    /// address before waiting for readiness (systemd-socket-activate starts
+    /// the program on the first connection).
+    pub fn spawn_activated(
+        mut cmd: Command,
+        dir: TempDir,
+        config_path: PathBuf,
+        first: Option<SocketAddr>,
+    ) -> (Server, Option<Client>) {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -124,15 +136,19 @@ impl Server {
             dir,
             config_path,
         };
-        let line = s.wait_log("event=\"ready\"");
-        let _ = line;
+        let first = first.map(|a| {
+            let stream =
+                wait_for(TIMEOUT, || TcpStream::connect(a).ok()).expect("activation socket");
+            Client::from_stream(stream)
+        });
+        s.wait_log("event=\"ready\"");
         let listen = s.find_log("event=\"listen\"").expect("listen event");
         let addr = listen
             .split_whitespace()
             .find_map(|w| w.strip_prefix("address="))
             .expect("address field");
         s.addr = addr.parse().unwrap();
-        s
+        (s, first)
     }
 
     pub fn pid(&self) -> i32 {
@@ -140,7 +156,7 @@ impl Server {
     }
 
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().clone()
+        self.log.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn find_log(&self, needle: &str) -> Option<String> {
@@ -171,7 +187,9 @@ impl Server {
             }
             let now = Instant::now();
             if now >= end {
-                panic!("no {n}x log line with {needle:?}; log:\n{}", g.join("\n"));
+                let all = g.join("\n");
+                drop(g);
+                panic!("no {n}x log line with {needle:?}; log:\n{all}");
             }
             g = cv.wait_timeout(g, end - now).unwrap().0;
         }

@@ -1,0 +1,199 @@
+//! Commands, bad input, limits and configuration errors, over real sockets.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+#[test]
+fn commands_work_and_unknown_ones_are_not_broadcast() {
+    let server = Server::start(&[]);
+    let (mut a, a_nick) = server.join();
+    let (mut b, b_nick) = server.join();
+    a.expect(&format!("{b_nick} joined"));
+    a.send("/nick alice\n");
+    a.expect("* you are now alice");
+    b.expect(&format!("* {a_nick} is now alice"));
+    b.send("/nick ALICE\n");
+    b.expect("! nick ALICE is taken");
+    b.send("/nick 9lives\n");
+    b.expect("! cannot use nick 9lives");
+    b.send("/nick guest-99\n");
+    b.expect("reserved");
+    b.send("/nick bob\n/who\n");
+    b.expect("* you are now bob");
+    b.expect("* 2 online: alice bob");
+    a.send("/me waves\n/frobnicate now\n/nick\n");
+    b.expect("* alice waves");
+    a.expect("! unknown command /frobnicate");
+    a.expect("! usage: /nick NAME");
+    a.send("/help\n");
+    a.expect("/quit [REASON]");
+    a.send("//slash line\n");
+    b.expect("<alice> /slash line");
+    a.send("/quit gotta go\n");
+    assert_eq!(a.read_to_eof().last().map(String::as_str), Some("* Bye!"));
+    // Nothing of the unknown command reached b before the quit notice.
+    loop {
+        let l = b.read_line().unwrap();
+        assert!(
+            !l.contains("frobnicate"),
+            "unknown command was broadcast: {l}"
+        );
+        if l.contains("alice left (gotta go)") {
+            break;
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_refused_and_the_client_stays() {
+    let server = Server::start(&[("max_line", "64")]);
+    let (mut a, a_nick) = server.join();
+    let (mut b, _) = server.join();
+    a.expect("joined");
+    // Over-long line: refused, rest discarded up to the newline, still connected.
+    a.send(&format!("{}\nok after long\n", "y".repeat(100)));
+    a.expect("! line too long (max 64 bytes)");
+    b.expect(&format!("<{a_nick}> ok after long"));
+    // 10 MB without a newline, then a good line.
+    let big = vec![b'z'; 10 * 1024 * 1024];
+    a.send_bytes(&big);
+    a.send("\nok after 10MB\n");
+    a.expect("! line too long");
+    b.expect(&format!("<{a_nick}> ok after 10MB"));
+    // Invalid UTF-8.
+    a.send_bytes(b"caf\xe9\n");
+    a.expect("! line refused: not valid UTF-8");
+    // Terminal escapes, NULs, DEL, C1: refused, never forwarded.
+    a.send_bytes(b"\x1b[2J\x1b]0;pwned\x07\n");
+    a.expect("! line refused: control characters");
+    a.send_bytes(&[0u8; 5000]);
+    a.send("\n");
+    a.expect("! line");
+    a.send_bytes("x\u{9b}31m\n".as_bytes());
+    a.expect("! line refused: control characters");
+    // Tabs and ordinary Unicode pass; empty lines are ignored.
+    a.send("\n\r\n   \ntab\there ✓\nend\n");
+    let got = b.expect(&format!("<{a_nick}> tab"));
+    assert_eq!(got, format!("<{a_nick}> tab\there ✓"));
+    assert_eq!(b.read_line().unwrap(), format!("<{a_nick}> end"));
+    // Nothing b received contains a control character.
+    b.send("/who\n");
+    let who = b.expect(" online:");
+    assert!(!who.chars().any(|c| c.is_control() && c != '\t'));
+}
+
+#[test]
+fn flood_control_delays_without_loss() {
+    let server = Server::start(&[("flood_burst", "3"), ("flood_rate", "20")]);
+    let (mut a, a_nick) = server.join();
+    let (mut b, _) = server.join();
+    a.expect("joined");
+    let mut batch = String::new();
+    for i in 0..30 {
+        batch.push_str(&format!("f {i}\n"));
+    }
+    let t0 = std::time::Instant::now();
+    a.send(&batch);
+    for i in 0..30 {
+        assert_eq!(b.read_line().unwrap(), format!("<{a_nick}> f {i}"));
+    }
+    // 27 lines beyond the burst at 20/s take at least ~1.3 s.
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(1200),
+        "{:?}",
+        t0.elapsed()
+    );
+    a.expect("! flood control");
+}
+
+#[test]
+fn max_clients_and_max_per_ip_refuse_with_a_line() {
+    let server = Server::start(&[("max_clients", "3")]);
+    let _held: Vec<_> = (0..3).map(|_| server.join()).collect();
+    let mut extra = server.connect();
+    assert_eq!(
+        extra.read_to_eof(),
+        vec!["! server full, try again later".to_string()]
+    );
+    server.wait_log("reason=\"server full\"");
+
+    let server = Server::start(&[("max_per_ip", "2")]);
+    let _a = server.join();
+    let _b = server.join();
+    let mut c = server.connect();
+    assert_eq!(
+        c.read_to_eof(),
+        vec!["! too many connections from your address".to_string()]
+    );
+    // Another loopback address is another source.
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let src: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    nix::sys::socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        &nix::sys::socket::SockaddrStorage::from(src),
+    )
+    .unwrap();
+    nix::sys::socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        &nix::sys::socket::SockaddrStorage::from(server.addr),
+    )
+    .unwrap();
+    let mut d = Client::from_stream(std::net::TcpStream::from(sock));
+    d.greeting();
+}
+
+#[test]
+fn bad_config_is_one_clear_error_and_exit_2() {
+    let dir = TempDir::new();
+    let path = dir.0.join("bad.toml");
+    std::fs::write(&path, "server_name = \"x\"\n\nmax_line = 5\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":3") && err.contains("max_line"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    std::fs::write(&path, "max_clients = 10\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.0.join("missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+
+    let out = Command::new(BIN)
+        .arg("--no-config")
+        .arg("--listen")
+        .arg("nope")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
