@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
+command -v ss >/dev/null || need+=(iproute2)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

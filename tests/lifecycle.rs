@@ -191,3 +191,38 @@ fn socket_activation_with_systemd_socket_activate() {
     b.send("activated\n");
     a.expect(&format!("<{b_nick}> activated"));
 }
+
+#[test]
+fn listens_on_ipv4_and_ipv6_with_keepalive_armed() {
+    let server = Server::start(&[("listen", "[\"127.0.0.1:0\", \"[::1]:0\"]")]);
+    let v6: std::net::SocketAddr = server
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("event=\"listen\""))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("address="))
+                .filter(|a| a.starts_with('['))
+                .map(|a| a.parse().unwrap())
+        })
+        .expect("an IPv6 listener");
+    let (mut a, _) = server.join();
+    let mut b = Client::connect(v6);
+    let b_nick = b.greeting();
+    b.send("over v6\n");
+    a.expect(&format!("<{b_nick}> over v6"));
+    // The server side of each connection has a keepalive timer (ss -o).
+    let out = Command::new("ss")
+        .args([
+            "-tnoH",
+            "state",
+            "established",
+            "sport",
+            "=",
+            &format!(":{}", v6.port()),
+        ])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("keepalive"), "no keepalive timer: {text}");
+}
