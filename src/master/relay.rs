@@ -180,19 +180,26 @@ impl Master {
     }
 
     fn handle_request(&mut self, slot: usize, req: Request) {
+        let req = match req {
+            Request::Line { action, text } => {
+                // Hot path: borrow the nick, no per-line allocation but the line.
+                let c = self.clients.get(slot).unwrap();
+                let mut line = Vec::with_capacity(text.len() + c.nick.len() + 4);
+                line.extend_from_slice(if action { NOTICE.as_bytes() } else { b"<" });
+                line.extend_from_slice(c.nick.as_bytes());
+                line.extend_from_slice(if action { b" " } else { b"> " });
+                line.extend_from_slice(&text);
+                line.push(b'\n');
+                self.relay.emit(c.id, line);
+                self.stats.relayed += 1;
+                return;
+            }
+            other => other,
+        };
         let c = self.clients.get(slot).unwrap();
         let (id, serial, nick_now) = (c.id, c.serial, c.nick.clone());
         match req {
-            Request::Line { action: me, text } => {
-                let mut line = Vec::with_capacity(text.len() + nick_now.len() + 4);
-                line.extend_from_slice(if me { NOTICE.as_bytes() } else { b"<" });
-                line.extend_from_slice(nick_now.as_bytes());
-                line.extend_from_slice(if me { b" " } else { b"> " });
-                line.extend_from_slice(&text);
-                line.push(b'\n');
-                self.relay.emit(id, line);
-                self.stats.relayed += 1;
-            }
+            Request::Line { .. } => unreachable!("handled above"),
             Request::Nick(new) => {
                 if c.leaving.is_some() {
                     return;
