@@ -149,51 +149,41 @@ fn max_clients_and_max_per_ip_refuse_with_a_line() {
     d.greeting();
 }
 
+/// Runs chatd with these arguments; returns the exit code and stderr.
+fn run_chatd(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn bad_config_is_one_clear_error_and_exit_2() {
     let dir = TempDir::new();
     let path = dir.0.join("bad.toml");
+    let cfg = |extra: &'static str| -> Vec<&std::ffi::OsStr> {
+        let mut v = vec!["--config".as_ref(), path.as_os_str()];
+        if !extra.is_empty() {
+            v.push(extra.as_ref());
+        }
+        v
+    };
     std::fs::write(&path, "server_name = \"x\"\n\nmax_line = 5\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = run_chatd(&cfg(""));
+    assert_eq!(code, Some(2));
     assert!(err.contains(":3") && err.contains("max_line"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(run_chatd(&cfg("--check-config")).0, Some(2));
 
     std::fs::write(&path, "max_clients = 10\n").unwrap();
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(run_chatd(&cfg("--check-config")).0, Some(0));
 
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(dir.0.join("missing.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+    let missing = dir.0.join("missing.toml");
+    let (code, err) = run_chatd(&["--config".as_ref(), missing.as_os_str()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot read"), "{err}");
 
-    let out = Command::new(BIN)
-        .arg("--no-config")
-        .arg("--listen")
-        .arg("nope")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, _) = run_chatd(&["--no-config".as_ref(), "--listen".as_ref(), "nope".as_ref()]);
+    assert_eq!(code, Some(2));
 }

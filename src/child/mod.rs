@@ -198,11 +198,12 @@ impl Child {
 
     /// Processes complete input lines while the ring and flood control allow.
     fn handle_lines(&mut self) -> Option<Exit> {
+        // One clock read per batch, not per line.
+        let now = Instant::now();
         loop {
             if self.ring.free() < entry_size(self.spec.max_line) + QUIT_RESERVE {
                 return None;
             }
-            let now = Instant::now();
             if !self.flood.take(now) {
                 if self.lines.pending() > 0 && self.flood_notice_due(now) {
                     self.reply_err(

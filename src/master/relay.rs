@@ -167,8 +167,10 @@ impl Master {
                         reader.ack();
                         return Ok(false);
                     }
-                    let req = validate(kind, &payload)?;
-                    self.handle_request(slot, req);
+                    match validate(kind, &payload)? {
+                        Request::Line { action, text } => self.relay_line(slot, action, &text),
+                        other => self.handle_request(slot, other),
+                    }
                     reader.advance();
                 }
                 reader.ack();
@@ -179,27 +181,24 @@ impl Master {
         r
     }
 
+    /// The hot path: formats one chat or /me line, borrowing the nick.
+    fn relay_line(&mut self, slot: usize, action: bool, text: &[u8]) {
+        let c = self.clients.get(slot).unwrap();
+        let mut line = Vec::with_capacity(text.len() + c.nick.len() + 4);
+        line.extend_from_slice(if action { NOTICE.as_bytes() } else { b"<" });
+        line.extend_from_slice(c.nick.as_bytes());
+        line.extend_from_slice(if action { b" " } else { b"> " });
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        self.relay.emit(c.id, line);
+        self.stats.relayed += 1;
+    }
+
     fn handle_request(&mut self, slot: usize, req: Request) {
-        let req = match req {
-            Request::Line { action, text } => {
-                // Hot path: borrow the nick, no per-line allocation but the line.
-                let c = self.clients.get(slot).unwrap();
-                let mut line = Vec::with_capacity(text.len() + c.nick.len() + 4);
-                line.extend_from_slice(if action { NOTICE.as_bytes() } else { b"<" });
-                line.extend_from_slice(c.nick.as_bytes());
-                line.extend_from_slice(if action { b" " } else { b"> " });
-                line.extend_from_slice(&text);
-                line.push(b'\n');
-                self.relay.emit(c.id, line);
-                self.stats.relayed += 1;
-                return;
-            }
-            other => other,
-        };
         let c = self.clients.get(slot).unwrap();
         let (id, serial, nick_now) = (c.id, c.serial, c.nick.clone());
         match req {
-            Request::Line { .. } => unreachable!("handled above"),
+            Request::Line { action, text } => self.relay_line(slot, action, &text),
             Request::Nick(new) => {
                 if c.leaving.is_some() {
                     return;
@@ -337,11 +336,7 @@ impl Master {
             return;
         }
         // Evict the readers at the tail: they have not read for too long.
-        let head = self.relay.log.head();
-        let mut tail = head;
-        for c in self.clients.iter().filter(|c| c.is_reader()) {
-            tail = tail.min(self.region.slot_header(c.slot).cursor.load(Acquire));
-        }
+        let tail = self.relay.log.tail();
         let laggards: Vec<usize> = self
             .clients
             .iter()

@@ -162,11 +162,6 @@ impl Region {
         &self.layout
     }
 
-    /// Base address of the mapping (for mprotect in the sandbox).
-    pub fn base(&self) -> *const u8 {
-        self.map.as_ptr()
-    }
-
     fn at<T>(&self, off: usize) -> &T {
         assert!(off + std::mem::size_of::<T>() <= self.layout.len);
         assert!(off % std::mem::align_of::<T>() == 0);
