@@ -44,22 +44,59 @@ pub struct Args {
     #[arg(long, value_name = "RATE")]
     pub flood_rate: Option<f64>,
 
+    /// Override `user`: the service user to switch to when started as root
+    #[arg(short, long, value_name = "NAME")]
+    pub user: Option<String>,
+
     /// Override `server_name`
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
 }
 
 impl Args {
+    /// The file this invocation reads, and whether it may be missing.
+    pub fn config_file(&self) -> Option<(PathBuf, bool)> {
+        if self.no_config {
+            return None;
+        }
+        Some(match &self.config {
+            Some(p) => (p.clone(), false),
+            None => (PathBuf::from(config::DEFAULT_PATH), true),
+        })
+    }
+
     /// Loads the file this invocation names and applies the flags.
     pub fn load_config(&self) -> Result<Config, config::ConfigError> {
-        let mut cfg = if self.no_config {
-            Config::default()
-        } else {
-            match &self.config {
-                Some(p) => Config::load(p, false)?,
-                None => Config::load(std::path::Path::new(config::DEFAULT_PATH), true)?,
-            }
+        let cfg = match self.config_file() {
+            None => Config::default(),
+            Some((p, missing_ok)) => Config::load(&p, missing_ok)?,
         };
+        self.apply(cfg)
+    }
+
+    /// Returns a loader for SIGHUP that reads the file through its
+    /// directory opened now, so that it works after the master's chroot.
+    pub fn reloader(&self) -> std::io::Result<crate::master::Reloader> {
+        let args = self.clone();
+        let pinned = match self.config_file() {
+            None => None,
+            Some((p, missing_ok)) => match config::Pinned::open(&p) {
+                Ok(d) => Some((p, missing_ok, d)),
+                Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            },
+        };
+        Ok(Box::new(move || {
+            let cfg = match &pinned {
+                None => Config::default(),
+                Some((p, missing_ok, dir)) => Config::load_with(p, *missing_ok, |_| dir.read())?,
+            };
+            args.apply(cfg)
+        }))
+    }
+
+    /// Applies the command-line overrides to a loaded file.
+    fn apply(&self, mut cfg: Config) -> Result<Config, config::ConfigError> {
         if !self.listen.is_empty() {
             cfg.listen = self.listen.clone();
         }
@@ -77,6 +114,9 @@ impl Args {
         }
         if let Some(v) = self.flood_rate {
             cfg.flood_rate = v;
+        }
+        if let Some(v) = &self.user {
+            cfg.user = v.clone();
         }
         if let Some(v) = &self.server_name {
             cfg.server_name = v.clone();

@@ -6,14 +6,20 @@
 //! that names the key and the line, and the daemon exits with status 2 (or,
 //! on reload, keeps its running configuration).
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// Where the packaged configuration lives; a missing file there means
 /// built-in defaults.
 pub const DEFAULT_PATH: &str = "/etc/chatd/chatd.toml";
+
+/// Default `empty_dir`: the children's root when started as root.
+pub const DEFAULT_EMPTY_DIR: &str = "/run/chatd/empty";
 
 /// Hard upper bound for `max_line`; the shared-memory rings are sized for it.
 pub const MAX_LINE_LIMIT: usize = 4096;
@@ -52,6 +58,14 @@ pub struct Config {
     pub server_name: String,
     /// Message of the day, shown after the greeting (may span lines).
     pub motd: String,
+    /// Service user the master switches to when started as root (its
+    /// primary group becomes the only group). Ignored when not started as
+    /// root. Cannot change on reload.
+    pub user: String,
+    /// Empty, root-owned directory chatd chroots into when started as root,
+    /// so that the children's root holds nothing. Created if missing.
+    /// Cannot change on reload.
+    pub empty_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -69,6 +83,8 @@ impl Default for Config {
             keepalive: 60,
             server_name: "chatd".to_string(),
             motd: String::new(),
+            user: "chatd".to_string(),
+            empty_dir: PathBuf::from(DEFAULT_EMPTY_DIR),
         }
     }
 }
@@ -104,7 +120,16 @@ impl Config {
     /// Loads `path`. A missing file is an error unless `missing_ok`, in which
     /// case the defaults are returned.
     pub fn load(path: &Path, missing_ok: bool) -> Result<Config, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
+        Config::load_with(path, missing_ok, |p| std::fs::read_to_string(p))
+    }
+
+    /// Like [`Config::load`], reading the file with `read` (see [`Pinned`]).
+    pub fn load_with(
+        path: &Path,
+        missing_ok: bool,
+        read: impl FnOnce(&Path) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = match read(path) {
             Ok(t) => t,
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Config::default())
@@ -197,6 +222,18 @@ impl Config {
         {
             return Err(("server_name", "must be 1 to 64 printable characters".into()));
         }
+        if self.user.is_empty()
+            || self.user.len() > 32
+            || !self
+                .user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(("user", "must be a user name like chatd".into()));
+        }
+        if !self.empty_dir.is_absolute() || self.empty_dir == Path::new("/") {
+            return Err(("empty_dir", "must be an absolute path other than /".into()));
+        }
         if self.motd.len() > 4096 || self.motd.chars().any(|c| c.is_control() && c != '\n') {
             return Err(("motd", "must be at most 4096 printable characters".into()));
         }
@@ -209,6 +246,48 @@ impl Config {
             .iter()
             .filter_map(|a| parse_listen(a).ok())
             .collect()
+    }
+}
+
+/// A config file's directory, opened at start-up.
+///
+/// The master keeps it so that a SIGHUP reload still finds the file after
+/// the master has chrooted into `empty_dir` (see ARCHITECTURE.md, "Confinement").
+/// The fd is `O_PATH`: it grants no reading by itself, and every child closes
+/// it with the rest of the master's fds.
+pub struct Pinned {
+    dir: OwnedFd,
+    name: std::ffi::OsString,
+}
+
+impl Pinned {
+    /// Opens the directory that holds `path`.
+    pub fn open(path: &Path) -> std::io::Result<Pinned> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("not a file name"))?
+            .to_os_string();
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = nix::fcntl::open(
+            parent,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Pinned { dir, name })
+    }
+
+    /// Reads the file through the pinned directory.
+    pub fn read(&self) -> std::io::Result<String> {
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            self.name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )?;
+        std::io::read_to_string(std::fs::File::from(fd))
     }
 }
 

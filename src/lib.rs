@@ -8,6 +8,8 @@
 //!   that touches it;
 //! - [`ipc`]: the small control messages on each child's socketpair;
 //! - [`protocol`]: pure line framing, sanitising and command parsing;
+//! - [`sandbox`]: the confinement steps (privilege drop, chroot, rlimits,
+//!   Landlock, seccomp), one module each;
 //! - [`config`], [`cli`], [`logging`]: start-up.
 //!
 //! ARCHITECTURE.md describes the design; README.md how to run it.
@@ -19,4 +21,5 @@ pub mod ipc;
 pub mod logging;
 pub mod master;
 pub mod protocol;
+pub mod sandbox;
 pub mod shm;

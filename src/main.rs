@@ -1,12 +1,19 @@
 //! The `chatd` binary: parse flags, load the configuration, run the master.
 //!
 //! Exit status: 0 after a clean shutdown, 2 for a bad configuration or
-//! command line, 1 for any other start-up failure.
+//! command line, 67 (EX_NOUSER) when started as root and the service user
+//! does not exist, 1 for any other start-up failure (a confinement step
+//! that failed is named in the message).
 
+use anyhow::Context;
 use chatd::cli::Args;
+use chatd::master::confine::Plan;
 use chatd::master::Master;
 use clap::Parser;
 use std::process::ExitCode;
+
+/// sysexits.h: "addressee unknown", used for a missing service user.
+const EX_NOUSER: u8 = 67;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -22,9 +29,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     chatd::logging::init();
-    let reload_args = args.clone();
-    let reload = Box::new(move || reload_args.load_config());
-    let result = Master::new(cfg, reload).and_then(|mut m| m.run());
+    let plan = match Plan::new(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(event = "fatal", step = "service user", "cannot start: {e}");
+            return ExitCode::from(EX_NOUSER);
+        }
+    };
+    let result = args
+        .reloader()
+        .context("opening the configuration directory")
+        .and_then(|reload| Master::new(cfg, reload, plan))
+        .and_then(|mut m| m.run());
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v ss >/dev/null || need+=(iproute2)
+command -v setpriv >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -18,6 +19,14 @@ if ((${#need[@]})); then
   fi
 fi
 
+# Root-only tests (privilege drop, chroot) must run, not skip, as root.
+if [ "$(id -u)" = 0 ]; then export CHATD_TESTS_AS_ROOT=1; fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+cargo clippy --all-targets --features fault-injection -- -D warnings
+# The release binary (no test hooks): tests/confinement.rs checks it has no
+# fault hook. Then every test, with the fault hook compiled in.
+cargo build --release --locked
+export CHATD_RELEASE_BIN="$PWD/target/release/chatd"
+cargo test --all-targets --features fault-injection --locked

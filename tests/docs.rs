@@ -15,6 +15,8 @@ const KEYS: &[&str] = &[
     "shutdown_timeout",
     "server_name",
     "motd",
+    "user",
+    "empty_dir",
 ];
 
 fn read(p: &str) -> String {

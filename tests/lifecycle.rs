@@ -171,7 +171,11 @@ fn socket_activation_with_systemd_socket_activate() {
     let dir = TempDir::new();
     let path = dir.0.join("chatd.toml");
     // The config's listen address must be ignored in favour of the socket.
-    std::fs::write(&path, "listen = [\"127.0.0.1:1\"]\nflood_rate = 0\n").unwrap();
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:1\"]\nflood_rate = 0\nuser = \"nobody\"\n",
+    )
+    .unwrap();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.arg("-l")
         .arg(format!("127.0.0.1:{port}"))

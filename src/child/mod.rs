@@ -66,6 +66,8 @@ enum Exit {
 }
 
 struct Child {
+    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
+    region: &'static Region,
     client: TcpStream,
     ctl: OwnedFd,
     lines: LineReader,
@@ -99,6 +101,7 @@ pub fn run(region: &'static Region, spec: Spec, client: TcpStream, ctl: OwnedFd)
         readable: true,
         writable: true,
         ctl_buf: vec![0; ipc::MAX_MSG],
+        region,
         client,
         ctl,
         spec,
@@ -231,6 +234,16 @@ impl Child {
                         None
                     }
                     Ok(text) => {
+                        #[cfg(feature = "fault-injection")]
+                        if let Some(name) = text.strip_prefix(crate::sandbox::fault::COMMAND) {
+                            let note = crate::sandbox::fault::trigger(
+                                name.trim(),
+                                self.region,
+                                self.spec.slot,
+                            );
+                            self.sendq.extend_from_slice(note.as_bytes());
+                            continue;
+                        }
                         let cmd = command::parse(text);
                         if cmd == Command::Empty {
                             self.flood.give_back();

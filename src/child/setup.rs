@@ -1,18 +1,31 @@
 //! The child's set-up right after fork, before it reads a single byte.
 //!
-//! Steps, in order (each failure is fatal: the child exits at once):
-//! 1. a panic hook that writes one line to stderr and `_exit`s;
+//! One sequence, in order; any failure is fatal (the child writes one line
+//! naming the step to stderr and exits with status 70):
+//! 1. a panic hook that writes one line to stderr and `_exit`s (under the
+//!    seccomp filter a normal panic would die confusingly of SIGSYS);
 //! 2. signals: unblock everything the master blocked for its signalfd;
 //!    ignore SIGINT and SIGHUP (a terminal's Ctrl-C or hangup reaches the
-//!    whole process group; the master turns it into an orderly shutdown) and
-//!    SIGPIPE;
+//!    whole process group; the master turns it into an orderly shutdown),
+//!    SIGPIPE and SIGXFSZ; default SIGSEGV and SIGBUS (no std handler);
 //! 3. PR_SET_PDEATHSIG(SIGKILL), then check that the parent is still the
 //!    master, so a master killed by SIGKILL leaves no orphan;
-//! 4. close every fd but stdio, the client socket and the control socket.
+//! 4. fds: the client socket to 3, the control socket to 4, close stdin,
+//!    stdout and every fd above 4 (listeners, other children's sockets, the
+//!    signalfd, epoll, timerfd, the config directory, the notify socket);
+//! 5. shared memory: read-only except this client's own slot;
+//! 6. rlimits: NPROC, FSIZE, CORE 0, NOFILE 5 (fds 0 to 4);
+//! 7. Landlock: no filesystem access (and no TCP bind/connect, no signals
+//!    or abstract sockets outside the child) where the kernel has it;
+//! 8. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
+//!    stacked on the master's inherited filter.
 //!
-//! The hardening steps (Landlock, rlimits, read-only shared memory, seccomp)
-//! are added to this sequence by the hardening work; see ARCHITECTURE.md.
+//! When the master started as root, the child also inherits its chroot in
+//! the empty directory, its service uid and gid, and its empty capability
+//! sets and no_new_privs (see [`crate::master::confine`]).
 
+use crate::sandbox::{landlock, rlimits, seccomp};
+use crate::shm::Region;
 use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{getppid, Pid};
 use std::io::Write;
@@ -29,8 +42,24 @@ pub fn exit(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Runs steps 1–4. Returns the client and control fds at their fixed numbers.
-pub fn prepare(master: Pid, client: OwnedFd, ctl: OwnedFd) -> (OwnedFd, OwnedFd) {
+/// What the sandbox needs to know about this child.
+pub struct Jail<'a> {
+    pub master: Pid,
+    pub region: &'static Region,
+    pub slot: usize,
+    pub filter: &'a seccompiler::BpfProgram,
+}
+
+/// The child's fds at their fixed numbers, once confined.
+pub struct Prepared {
+    pub client: OwnedFd,
+    pub ctl: OwnedFd,
+    /// A line for the client from the fault hook (fault-injection builds).
+    pub fault_note: Option<String>,
+}
+
+/// Runs steps 1–8.
+pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd) -> Prepared {
     std::panic::set_hook(Box::new(|info| {
         let mut e = std::io::stderr().lock();
         let _ = writeln!(e, "chatd child {}: panic: {info}", std::process::id());
@@ -41,11 +70,29 @@ pub fn prepare(master: Pid, client: OwnedFd, ctl: OwnedFd) -> (OwnedFd, OwnedFd)
         "parent-death signal",
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
     );
-    if getppid() != master {
+    if getppid() != jail.master {
         exit(0); // the master died between fork and prctl
     }
     let (client, ctl) = step("fd cleanup", arrange_fds(client, ctl));
-    (client, ctl)
+    step(
+        "shared memory protection",
+        jail.region.confine_to_slot(jail.slot),
+    );
+    step("rlimits", rlimits::confine_child(CTL_FD as u64 + 1));
+    step("landlock", landlock::restrict_all());
+    #[cfg(feature = "fault-injection")]
+    let fault_note = crate::sandbox::fault::before_seccomp();
+    #[cfg(not(feature = "fault-injection"))]
+    let fault_note = None;
+    step(
+        "seccomp",
+        seccomp::apply(jail.filter, "seccomp (child filter)"),
+    );
+    Prepared {
+        client,
+        ctl,
+        fault_note,
+    }
 }
 
 fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> T {
@@ -69,13 +116,21 @@ fn reset_signals() -> nix::Result<()> {
         signal(Signal::SIGINT, SigHandler::SigIgn)?;
         signal(Signal::SIGHUP, SigHandler::SigIgn)?;
         signal(Signal::SIGPIPE, SigHandler::SigIgn)?;
+        // RLIMIT_FSIZE is 0: a panic line to a stderr that is a regular file
+        // must fail with EFBIG, not kill the child before it can `_exit`.
+        signal(Signal::SIGXFSZ, SigHandler::SigIgn)?;
+        // std's stack-overflow handler would make syscalls outside the child
+        // allowlist; a memory fault must show as the SIGSEGV/SIGBUS it is.
+        signal(Signal::SIGSEGV, SigHandler::SigDfl)?;
+        signal(Signal::SIGBUS, SigHandler::SigDfl)?;
         signal(Signal::SIGTERM, SigHandler::SigDfl)?;
         signal(Signal::SIGCHLD, SigHandler::SigDfl)?;
     }
     Ok(())
 }
 
-/// Moves the two fds to 3 and 4 and closes everything above.
+/// Moves the two fds to 3 and 4, closes everything above, and stdin and
+/// stdout (stderr stays for the panic line).
 fn arrange_fds(client: OwnedFd, ctl: OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (c, k) = (client.into_raw_fd(), ctl.into_raw_fd());
     // Park both above any fd we are about to overwrite, then place them.
@@ -92,6 +147,8 @@ fn arrange_fds(client: OwnedFd, ctl: OwnedFd) -> std::io::Result<(OwnedFd, Owned
         if libc::close_range((CTL_FD + 1) as u32, u32::MAX, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        libc::close(0);
+        libc::close(1);
         Ok((
             OwnedFd::from_raw_fd(CLIENT_FD),
             OwnedFd::from_raw_fd(CTL_FD),

@@ -5,10 +5,14 @@
 //! child. Each turn it dispatches the ready events, then runs the relay
 //! ([`relay`]: input rings → relay log) once, publishes the log and wakes the
 //! children that sleep. Accepting and forking live in [`spawn`], the client
-//! table in [`clients`], the sockets in [`listen`].
+//! table in [`clients`], the sockets in [`listen`], the messages to systemd
+//! in [`notify`]. [`Master::new`] ends with the master's confinement
+//! ([`confine`]), so no loop ever runs unconfined.
 
 pub mod clients;
+pub mod confine;
 pub mod listen;
+pub mod notify;
 pub mod relay;
 pub mod spawn;
 
@@ -24,7 +28,9 @@ use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
+use notify::Notifier;
 use relay::Relay;
+use sd_notify::NotifyState;
 use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -63,11 +69,15 @@ pub struct Master {
     pid: Pid,
     shutdown_at: Option<Instant>,
     last_status: Instant,
+    notifier: Notifier,
+    /// Compiled once before the first fork; every child installs it.
+    child_filter: seccompiler::BpfProgram,
 }
 
 impl Master {
-    /// Sets up signals, the shared region, the listeners and the loop's fds.
-    pub fn new(cfg: Config, reload: Reloader) -> Result<Master> {
+    /// Sets up signals, the shared region, the listeners and the loop's fds,
+    /// then confines the process as `plan` says (see [`confine`]).
+    pub fn new(cfg: Config, reload: Reloader, plan: confine::Plan) -> Result<Master> {
         let mut mask = SigSet::empty();
         for s in [
             Signal::SIGCHLD,
@@ -109,6 +119,8 @@ impl Master {
                 "listening on {}", l.local_addr()?
             );
         }
+        let notifier = Notifier::from_env();
+        let confined = plan.apply().context("confinement")?;
         let mut m = Master {
             clients: Clients::new(capacity),
             relay: Relay::new(region),
@@ -124,6 +136,8 @@ impl Master {
             pid: nix::unistd::getpid(),
             shutdown_at: None,
             last_status: Instant::now(),
+            notifier,
+            child_filter: confined.child_filter,
         };
         m.set_timer(false)?;
         Ok(m)
@@ -131,7 +145,7 @@ impl Master {
 
     /// The master's loop. Returns when shutdown is complete.
     pub fn run(&mut self) -> Result<()> {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        self.notifier.send(&[NotifyState::Ready]);
         info!(
             event = "ready",
             pid = self.pid.as_raw(),
@@ -197,6 +211,10 @@ impl Master {
             let (pid, reason) = match status {
                 WaitStatus::Exited(pid, 0) => (pid, None),
                 WaitStatus::Exited(pid, code) => (pid, Some(format!("exited with status {code}"))),
+                WaitStatus::Signaled(pid, Signal::SIGSYS, _) => (
+                    pid,
+                    Some("killed by SIGSYS (sandbox violation)".to_string()),
+                ),
                 WaitStatus::Signaled(pid, sig, _) => (pid, Some(format!("killed by {sig}"))),
                 _ => continue,
             };
@@ -205,7 +223,22 @@ impl Master {
             };
             let c = self.clients.get_mut(slot).unwrap();
             c.reaped = true;
-            if let Some(r) = &reason {
+            if let WaitStatus::Signaled(_, Signal::SIGSYS, _) = status {
+                // A child made a syscall outside its allowlist: it was
+                // compromised or chatd has a bug. Either way, say so loudly.
+                warn!(
+                    event = "security",
+                    client = c.serial,
+                    pid = pid.as_raw(),
+                    peer = %c.peer,
+                    nick = %c.nick,
+                    reason = "seccomp violation",
+                    "security: child {} (client {}, {}) killed by SIGSYS: it made a forbidden syscall",
+                    pid,
+                    c.serial,
+                    c.peer
+                );
+            } else if let Some(r) = &reason {
                 if self.shutdown_at.is_none() {
                     warn!(
                         event = "child_died",
@@ -307,7 +340,7 @@ impl Master {
         }
         let timeout = Duration::from_secs_f64(self.cfg.shutdown_timeout);
         info!(event = "shutdown", signal = %sig, clients = self.clients.len(), "shutting down");
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        self.notifier.send(&[NotifyState::Stopping]);
         self.shutdown_at = Some(Instant::now() + timeout);
         for l in self.listeners.drain(..) {
             let _ = self.epoll.delete(&l);
@@ -321,10 +354,11 @@ impl Master {
     }
 
     fn reload_config(&mut self) {
-        let _ = sd_notify::notify(&[
-            sd_notify::NotifyState::Reloading,
-            sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Ready),
-        ]);
+        let mut states = vec![NotifyState::Reloading];
+        if let Ok(now) = NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        self.notifier.send(&states);
         match (self.reload)() {
             Err(e) => {
                 error!(event = "reload_failed", error = %e, "reload failed, keeping the running configuration: {e}")
@@ -352,7 +386,7 @@ impl Master {
                 info!(event = "reload", "configuration reloaded");
             }
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        self.notifier.send(&[NotifyState::Ready]);
     }
 
     /// Periodic work: deadlines, stalls, status.
@@ -380,7 +414,7 @@ impl Master {
         if now.duration_since(self.last_status) >= Duration::from_secs(2) {
             self.last_status = now;
             let s = self.status_line();
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s)]);
+            self.notifier.send(&[NotifyState::Status(&s)]);
         }
         let fast = self.shutdown_at.is_some() || self.relay.is_blocked();
         if fast != self.timer_fast {

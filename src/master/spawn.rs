@@ -134,8 +134,18 @@ impl Master {
         // the master's code.
         match unsafe { fork() }? {
             ForkResult::Child => {
-                let (client, ctl) = child::setup::prepare(self.pid, OwnedFd::from(stream), theirs);
-                child::run(self.region, spec, TcpStream::from(client), ctl)
+                let mut spec = spec;
+                let jail = child::setup::Jail {
+                    master: self.pid,
+                    region: self.region,
+                    slot,
+                    filter: &self.child_filter,
+                };
+                let p = child::setup::prepare(jail, OwnedFd::from(stream), theirs);
+                if let Some(note) = p.fault_note {
+                    spec.greeting.push_str(&note);
+                }
+                child::run(self.region, spec, TcpStream::from(p.client), p.ctl)
             }
             ForkResult::Parent { child: pid } => {
                 drop(theirs);

@@ -198,6 +198,38 @@ impl Region {
         self.words(off, RING_WORDS)
     }
 
+    /// Makes every page of the region read-only in this process except slot
+    /// `own`: a child may write its own slot and nothing else it shares.
+    /// The seccomp filter then forbids making any of it writable again.
+    pub fn confine_to_slot(&self, own: usize) -> io::Result<()> {
+        assert!(own < self.layout.max_slots);
+        let own = self.layout.slot_range(own);
+        let base = self.map.as_ptr() as *mut libc::c_void;
+        for (start, end) in [(0, own.start), (own.end, self.layout.len)] {
+            if start == end {
+                continue;
+            }
+            // SAFETY: [start, end) lies within this mapping and is
+            // page-aligned (slot ranges are); the mapping outlives the
+            // process (the region is leaked), and no code writes these pages
+            // in a child (single writer per part; see the module docs), so
+            // no Rust reference is invalidated by removing write access.
+            let r = unsafe { libc::mprotect(base.add(start), end - start, libc::PROT_READ) };
+            if r != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// The address of byte `off` of the mapping, for the fault tests.
+    #[cfg(feature = "fault-injection")]
+    pub fn raw_ptr(&self, off: usize) -> *mut u8 {
+        assert!(off < self.layout.len);
+        // SAFETY: in bounds of the mapping (asserted).
+        unsafe { (self.map.as_ptr() as *mut u8).add(off) }
+    }
+
     pub fn log(&self) -> &[AtomicU64] {
         self.words(self.layout.log_off, LOG_WORDS)
     }

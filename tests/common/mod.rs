@@ -72,6 +72,8 @@ pub fn base_config() -> BTreeMap<String, String> {
     m.insert("listen".into(), "[\"127.0.0.1:0\"]".into());
     m.insert("max_per_ip".into(), "100000".into());
     m.insert("flood_rate".into(), "0".into());
+    // Tests run as root on CI, where no `chatd` user exists.
+    m.insert("user".into(), "\"nobody\"".into());
     m
 }
 
@@ -353,5 +355,78 @@ impl Client {
     pub fn is_closed(&mut self) -> bool {
         let mut sink = Vec::new();
         self.reader.read_to_end(&mut sink).is_ok()
+    }
+}
+
+/// Whether this test process runs as root. Root-only tests return early
+/// with a note when it does not, unless `CHATD_TESTS_AS_ROOT=1` (set by
+/// tests/all.sh when run as root, as CI does) says they must run.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CHATD_TESTS_AS_ROOT").is_none(),
+        "{test} needs root"
+    );
+    eprintln!("note: {test} needs root; not run");
+    false
+}
+
+/// /proc/PID/status as key → value.
+pub fn proc_status(pid: i32) -> BTreeMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"))
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Asserts what every confined chatd process shows in /proc/PID/status.
+pub fn assert_confined(pid: i32, uid: u32) {
+    let s = proc_status(pid);
+    let ids = format!("{uid}\t{uid}\t{uid}\t{uid}");
+    assert_eq!(s["Uid"], ids, "pid {pid} Uid");
+    for k in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(s[k], "0000000000000000", "pid {pid} {k}");
+    }
+    assert_eq!(s["NoNewPrivs"], "1", "pid {pid} NoNewPrivs");
+    assert_eq!(s["Seccomp"], "2", "pid {pid} Seccomp");
+}
+
+/// Copies the chatd binary into `dir` (mode 0755), so that an unprivileged
+/// user can run it whatever the permissions of the build directory.
+pub fn copy_bin(bin: &str, dir: &TempDir) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.0.join("chatd");
+    std::fs::copy(bin, &to).unwrap();
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    to
+}
+
+/// uid of `nobody`, the unprivileged user the tests run chatd as.
+pub const NOBODY: u32 = 65534;
+
+/// A command that runs `program` unprivileged: as root, through setpriv as
+/// nobody with no groups, and with an ambient capability chatd must drop;
+/// otherwise as the current user.
+pub fn unprivileged(program: &std::path::Path) -> Command {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+net_bind_service",
+            "--ambient-caps=+net_bind_service",
+            "--",
+        ])
+        .arg(program);
+        c
+    } else {
+        Command::new(program)
     }
 }

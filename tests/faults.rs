@@ -1,0 +1,138 @@
+//! The sandbox under attack, through the fault hook (cargo feature
+//! `fault-injection`, which tests/all.sh enables): forbidden syscalls die by
+//! SIGSYS and are logged as security events, a write into another client's
+//! slot faults, Landlock holds on its own, a panic is one line and an exit.
+//! In every case the other clients keep chatting.
+#![cfg(feature = "fault-injection")]
+
+mod common;
+use common::*;
+
+/// Connects a client, makes its child perform `fault`, and checks that the
+/// child dies with `needle` in the master's log while `a` and `b` chat on.
+fn fault_kills(
+    server: &Server,
+    a: &mut Client,
+    b: &mut Client,
+    fault: &str,
+    needle: &str,
+    n: usize,
+) {
+    let (mut x, x_nick) = server.join();
+    a.expect(&format!("{x_nick} joined"));
+    b.expect(&format!("{x_nick} joined"));
+    x.send(&format!("/fault {fault}\n"));
+    let lines = x.read_to_eof();
+    assert!(
+        !lines.iter().any(|l| l.contains("survived")),
+        "{fault}: child survived: {lines:?}"
+    );
+    let logged = server.wait_log_n(needle, n);
+    assert!(
+        logged.contains(&format!("nick={x_nick}")),
+        "{fault}: {logged}"
+    );
+    let left = a.expect(&format!("{x_nick} left"));
+    b.expect(&format!("{x_nick} left"));
+    let reason = needle.trim_start_matches("event=\"security\"");
+    let reason = if reason.is_empty() {
+        "killed by SIGSYS"
+    } else {
+        reason
+    };
+    assert!(left.contains(reason), "{fault}: {left}");
+    a.send(&format!("after {fault}\n"));
+    b.expect(&format!("after {fault}"));
+}
+
+#[test]
+fn forbidden_syscalls_die_by_sigsys_and_are_logged() {
+    let server = Server::start(&[]);
+    let (mut a, _) = server.join();
+    let (mut b, _) = server.join();
+    let faults = ["openat", "socket", "execve", "ptrace", "mprotect-other"];
+    for (i, fault) in faults.iter().enumerate() {
+        fault_kills(&server, &mut a, &mut b, fault, "event=\"security\"", i + 1);
+        let line = server.wait_log_n("event=\"security\"", i + 1);
+        assert!(line.contains("WARN"), "{line}");
+        for field in [
+            "pid=",
+            "client=",
+            "peer=127.0.0.1:",
+            "reason=\"seccomp violation\"",
+        ] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+    // All five children are gone; the two chatting ones remain.
+    wait_for(TIMEOUT, || (server.children().len() == 2).then_some(())).expect("children reaped");
+}
+
+#[test]
+fn writing_another_clients_slot_faults() {
+    let server = Server::start(&[]);
+    // `a` holds slot 0, the slot the faulting child writes into.
+    let (mut a, a_nick) = server.join();
+    let (mut b, _) = server.join();
+    fault_kills(
+        &server,
+        &mut a,
+        &mut b,
+        "write-other",
+        "killed by SIGSEGV",
+        1,
+    );
+    // Slot 0 still works both ways.
+    a.send("slot zero intact\n");
+    b.expect(&format!("<{a_nick}> slot zero intact"));
+}
+
+#[test]
+fn a_child_panic_is_one_line_and_an_exit() {
+    let server = Server::start(&[]);
+    let (mut a, _) = server.join();
+    let (mut b, _) = server.join();
+    fault_kills(
+        &server,
+        &mut a,
+        &mut b,
+        "panic",
+        "exited with status 101",
+        1,
+    );
+    let panic_line = server.wait_log("panic: ");
+    assert!(panic_line.starts_with("chatd child "), "{panic_line}");
+    assert_eq!(
+        server.count_log("SIGSYS"),
+        0,
+        "a panic is not a sandbox kill"
+    );
+}
+
+#[test]
+fn landlock_alone_denies_opening_files() {
+    // Unprivileged, so there is no chroot: the path exists in the child's
+    // root and its permissions let this user read it (the master just read
+    // it as its config). Only Landlock stands between the child and the file.
+    let dir = TempDir::new();
+    let bin = copy_bin(BIN, &dir);
+    let path = dir.0.join("chatd.toml");
+    std::fs::write(&path, render(&base_config())).unwrap();
+    let mut cmd = unprivileged(&bin);
+    cmd.arg("--config")
+        .arg(&path)
+        .env("CHATD_FAULT_OPEN", &path);
+    let server = Server::spawn(cmd, dir, path.clone());
+    let mut a = server.connect();
+    a.greeting();
+    let note = a.expect("fault: open");
+    assert_eq!(
+        note,
+        format!(
+            "! fault: open {}: Permission denied (os error 13)",
+            path.display()
+        )
+    );
+    a.send("/who\n");
+    a.expect("1 online");
+}
