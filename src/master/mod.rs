@@ -69,6 +69,11 @@ pub struct Master {
     pid: Pid,
     shutdown_at: Option<Instant>,
     last_status: Instant,
+    /// The status line last sent to systemd.
+    sent_status: String,
+    /// `$WATCHDOG_USEC`: ping at half of it.
+    watchdog: Option<Duration>,
+    last_ping: Instant,
     notifier: Notifier,
     /// Compiled once before the first fork; every child installs it.
     child_filter: seccompiler::BpfProgram,
@@ -120,6 +125,7 @@ impl Master {
             );
         }
         let notifier = Notifier::from_env();
+        let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
         let confined = plan.apply().context("confinement")?;
         let mut m = Master {
             clients: Clients::new(capacity),
@@ -136,6 +142,9 @@ impl Master {
             pid: nix::unistd::getpid(),
             shutdown_at: None,
             last_status: Instant::now(),
+            sent_status: String::new(),
+            watchdog,
+            last_ping: Instant::now(),
             notifier,
             child_filter: confined.child_filter,
         };
@@ -145,7 +154,19 @@ impl Master {
 
     /// The master's loop. Returns when shutdown is complete.
     pub fn run(&mut self) -> Result<()> {
-        self.notifier.send(&[NotifyState::Ready]);
+        let status = self.status_line();
+        self.notifier
+            .send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        self.sent_status = status;
+        if let Some(w) = self.watchdog {
+            self.notifier.send(&[NotifyState::Watchdog]);
+            info!(
+                event = "watchdog",
+                usec = w.as_micros() as u64,
+                "systemd watchdog: pinging every {:?}",
+                w / 2
+            );
+        }
         info!(
             event = "ready",
             pid = self.pid.as_raw(),
@@ -411,14 +432,31 @@ impl Master {
             }
         }
         self.relay_check_stall(now);
-        if now.duration_since(self.last_status) >= Duration::from_secs(2) {
-            self.last_status = now;
-            let s = self.status_line();
-            self.notifier.send(&[NotifyState::Status(&s)]);
-        }
+        self.notify_tick(now);
         let fast = self.shutdown_at.is_some() || self.relay.is_blocked();
         if fast != self.timer_fast {
             let _ = self.set_timer(fast);
+        }
+    }
+
+    /// STATUS= when the line changed (or every 5 s), WATCHDOG=1 at half
+    /// of `$WATCHDOG_USEC`. Runs on every timer tick, so a stuck loop stops
+    /// the pings and systemd notices.
+    fn notify_tick(&mut self, now: Instant) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        if let Some(w) = self.watchdog {
+            if now.duration_since(self.last_ping) >= w / 2 {
+                self.last_ping = now;
+                self.notifier.send(&[NotifyState::Watchdog]);
+            }
+        }
+        let s = self.status_line();
+        if s != self.sent_status || now.duration_since(self.last_status) >= Duration::from_secs(5) {
+            self.last_status = now;
+            self.notifier.send(&[NotifyState::Status(&s)]);
+            self.sent_status = s;
         }
     }
 
@@ -451,11 +489,11 @@ impl Master {
     }
 
     fn set_timer(&mut self, fast: bool) -> Result<()> {
-        let period = if fast {
-            Duration::from_millis(5)
-        } else {
-            Duration::from_secs(1)
-        };
+        // Slow ticks still come often enough to ping the watchdog in time.
+        let slow = self.watchdog.map_or(Duration::from_secs(1), |w| {
+            (w / 4).clamp(Duration::from_millis(5), Duration::from_secs(1))
+        });
+        let period = if fast { Duration::from_millis(5) } else { slow };
         self.timer
             .set(
                 Expiration::Interval(TimeSpec::from_duration(period)),

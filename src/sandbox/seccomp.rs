@@ -314,7 +314,12 @@ mod tests {
             mremap mprotect madvise futex clock_gettime getpid gettid rt_sigreturn \
             restart_syscall exit exit_group";
         assert_eq!(child().names().join(" "), documented);
-        assert_eq!(master().len(), 64, "master allowlist: {:?}", master().names());
+        assert_eq!(
+            master().len(),
+            64,
+            "master allowlist: {:?}",
+            master().names()
+        );
     }
 
     #[test]
