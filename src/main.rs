@@ -28,7 +28,14 @@ fn main() -> ExitCode {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
-    chatd::logging::init();
+    let as_root = nix::unistd::geteuid().is_root();
+    let sink = chatd::logging::init(as_root);
+    if sink == chatd::logging::Sink::Stream && as_root {
+        tracing::info!(
+            event = "logging",
+            "logging to the journal stream without CHATD_ fields: started as root, chatd chroots and the journal socket is out of reach"
+        );
+    }
     let plan = match Plan::new(&cfg) {
         Ok(p) => p,
         Err(e) => {
