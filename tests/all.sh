@@ -9,6 +9,8 @@ need=()
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v ss >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v lintian >/dev/null || need+=(lintian)
+[ -x /usr/bin/kill ] || need+=(procps)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -30,3 +32,8 @@ cargo clippy --all-targets --features fault-injection -- -D warnings
 cargo build --release --locked
 export CHATD_RELEASE_BIN="$PWD/target/release/chatd"
 cargo test --all-targets --features fault-injection --locked
+
+# The Debian package: built with cargo-deb, checked by lintian and
+# systemd-analyze (verify, security exposure <= 0.9).
+command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked
+bash tests/package.sh

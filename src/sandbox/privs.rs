@@ -59,10 +59,18 @@ pub fn drop_caps() -> Result<(), StepError> {
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
         caps::clear(None, CapSet::Bounding).step("clear capability bounding set")?;
     }
-    caps::clear(None, CapSet::Ambient).step("clear ambient capabilities")?;
-    caps::clear(None, CapSet::Inheritable).step("clear inheritable capabilities")?;
-    caps::clear(None, CapSet::Effective).step("clear effective capabilities")?;
-    caps::clear(None, CapSet::Permitted).step("clear permitted capabilities")?;
+    // Only sets that hold something: capset on empty sets is a no-op that a
+    // unit's SystemCallFilter=~@privileged would refuse.
+    for (set, step) in [
+        (CapSet::Ambient, "clear ambient capabilities"),
+        (CapSet::Inheritable, "clear inheritable capabilities"),
+        (CapSet::Effective, "clear effective capabilities"),
+        (CapSet::Permitted, "clear permitted capabilities"),
+    ] {
+        if !caps::read(None, set).step(step)?.is_empty() {
+            caps::clear(None, set).step(step)?;
+        }
+    }
     nix::sys::prctl::set_no_new_privs().step("no_new_privs")?;
     Ok(())
 }

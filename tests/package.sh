@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds the Debian package and checks it, failing on any regression:
+#   - lintian: no errors and no warnings (overrides carry their reasons in
+#     packaging/debian/chatd.lintian-overrides);
+#   - systemd-analyze verify of both units, as installed: no output at all;
+#   - systemd-analyze security of chatd.service: exposure at most 0.9 (SAFE).
+# Run by tests/all.sh; needs cargo-deb, lintian and systemd (installed by
+# tests/all.sh when missing). Prints the .deb's path last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deb=$(cargo deb --locked 2>/dev/null | tail -n 1)
+test -f "$deb" || { echo "cargo deb produced no package" >&2; exit 1; }
+
+echo "== lintian $deb" >&2
+if ! out=$(lintian --fail-on error,warning "$deb" 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
+echo "$out" | grep -v 'running with root privileges' >&2 || true
+
+root=$(mktemp -d)
+trap 'rm -rf "$root"' EXIT
+dpkg-deb -x "$deb" "$root"
+# verify needs the targets the units refer to and the programs they run.
+mkdir -p "$root/etc/systemd/system" "$root/usr/bin"
+cp -a /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
+dpkg-deb -x "$deb" "$root" # our units win over anything copied above
+cp /usr/bin/kill "$root/usr/bin/"
+[ -e "$root/bin" ] || ln -s usr/bin "$root/bin"
+
+echo "== systemd-analyze verify" >&2
+out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no --root="$root" \
+  "$root/usr/lib/systemd/system/chatd.socket" "$root/usr/lib/systemd/system/chatd.service" 2>&1) || {
+  echo "$out" >&2; exit 1; }
+if [ -n "$out" ]; then echo "$out" >&2; echo "systemd-analyze verify is not clean" >&2; exit 1; fi
+
+echo "== systemd-analyze security" >&2
+line=$(systemd-analyze security --offline=true --root="$root" chatd.service 2>&1 | grep 'Overall exposure level')
+echo "$line" >&2
+score=$(echo "$line" | sed -E 's/.*: ([0-9]+\.[0-9]+) .*/\1/')
+awk -v s="$score" 'BEGIN { exit !(s <= 0.9) }' || {
+  echo "chatd.service exposure $score is above 0.9" >&2; exit 1; }
+
+echo "$deb"
