@@ -42,9 +42,13 @@ pub fn describe() -> (bool, String) {
             false,
             "Landlock is built into this kernel but not enabled (lsm= boot option); children run without it".into(),
         ),
-        _ => (
+        nix::errno::Errno::ENOSYS => (
             false,
             "this kernel has no Landlock; children run without it".into(),
+        ),
+        e => (
+            false,
+            format!("Landlock is unavailable here (landlock_create_ruleset: {e}, e.g. a container's or service manager's syscall filter); children run without it"),
         ),
     }
 }
