@@ -68,13 +68,7 @@ fn root_start_drops_to_the_service_user_in_the_empty_root() {
 
 #[test]
 fn unprivileged_start_keeps_its_uid_and_drops_capabilities() {
-    let dir = TempDir::new();
-    let bin = copy_bin(BIN, &dir);
-    let path = dir.0.join("chatd.toml");
-    std::fs::write(&path, render(&base_config())).unwrap();
-    let mut cmd = unprivileged(&bin);
-    cmd.arg("--config").arg(&path);
-    let server = Server::spawn(cmd, dir, path);
+    let (server, _) = Server::start_unprivileged(BIN, false);
     server.wait_log("not started as root");
     let (mut a, _) = server.join();
     let (mut b, b_nick) = server.join();
@@ -189,15 +183,7 @@ fn release_binary_has_no_fault_hook() {
         "release binary contains the fault hook"
     );
 
-    let dir = TempDir::new();
-    let bin = copy_bin(&bin, &dir);
-    let path = dir.0.join("chatd.toml");
-    std::fs::write(&path, render(&base_config())).unwrap();
-    let mut cmd = unprivileged(&bin);
-    cmd.arg("--config")
-        .arg(&path)
-        .env("CHATD_FAULT_OPEN", &path);
-    let server = Server::spawn(cmd, dir, path);
+    let (server, _) = Server::start_unprivileged(&bin, true);
     let mut a = server.connect();
     a.send("/fault openat\n/who\n");
     let mut lines = Vec::new();

@@ -114,15 +114,7 @@ fn landlock_alone_denies_opening_files() {
     // Unprivileged, so there is no chroot: the path exists in the child's
     // root and its permissions let this user read it (the master just read
     // it as its config). Only Landlock stands between the child and the file.
-    let dir = TempDir::new();
-    let bin = copy_bin(BIN, &dir);
-    let path = dir.0.join("chatd.toml");
-    std::fs::write(&path, render(&base_config())).unwrap();
-    let mut cmd = unprivileged(&bin);
-    cmd.arg("--config")
-        .arg(&path)
-        .env("CHATD_FAULT_OPEN", &path);
-    let server = Server::spawn(cmd, dir, path.clone());
+    let (server, path) = Server::start_unprivileged(BIN, true);
     let mut a = server.connect();
     a.greeting();
     let note = a.expect("fault: open");

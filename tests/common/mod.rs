@@ -430,3 +430,22 @@ pub fn unprivileged(program: &std::path::Path) -> Command {
         Command::new(program)
     }
 }
+
+impl Server {
+    /// Starts a copy of `bin` unprivileged (see [`unprivileged`]) with the
+    /// test config. With `fault_open_config`, the fault hook (where compiled
+    /// in) makes each child try to open that config file before seccomp.
+    /// Returns the server and the config file's path.
+    pub fn start_unprivileged(bin: &str, fault_open_config: bool) -> (Server, PathBuf) {
+        let dir = TempDir::new();
+        let bin = copy_bin(bin, &dir);
+        let path = dir.0.join("chatd.toml");
+        std::fs::write(&path, render(&base_config())).unwrap();
+        let mut cmd = unprivileged(&bin);
+        cmd.arg("--config").arg(&path);
+        if fault_open_config {
+            cmd.env("CHATD_FAULT_OPEN", &path);
+        }
+        (Server::spawn(cmd, dir, path.clone()), path)
+    }
+}
