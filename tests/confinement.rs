@@ -73,11 +73,10 @@ fn unprivileged_start_keeps_its_uid_and_drops_capabilities() {
     let (mut a, _) = server.join();
     let (mut b, b_nick) = server.join();
     a.expect(&format!("{b_nick} joined"));
-    // SAFETY: getuid cannot fail.
-    let uid = if unsafe { libc::geteuid() } == 0 {
+    let uid = if nix::unistd::geteuid().is_root() {
         NOBODY
     } else {
-        unsafe { libc::getuid() }
+        nix::unistd::getuid().as_raw()
     };
     let master = server.pid(); // setpriv execs chatd in place
     let child = *common::children_of(master).first().expect("a child");

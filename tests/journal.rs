@@ -37,15 +37,21 @@ fn parse(mut d: &[u8]) -> BTreeMap<String, String> {
     m
 }
 
-/// A pipe for chatd's stderr, and the JOURNAL_STREAM value naming it.
-fn journal_stream() -> (std::fs::File, std::os::fd::OwnedFd, String) {
+/// Spawns `cmd` with its stderr on a fresh pipe that `$JOURNAL_STREAM`
+/// names, as systemd does for a service. Returns the guard that kills it
+/// and the pipe's read end.
+fn spawn_on_journal_stream(cmd: &mut Command) -> (Killed, std::fs::File) {
     let (r, w) = nix::unistd::pipe().unwrap();
     let st = nix::sys::stat::fstat(&w).unwrap();
-    (
-        std::fs::File::from(r),
-        w,
-        format!("{}:{}", st.st_dev, st.st_ino),
-    )
+    let child = cmd
+        .env("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino))
+        .env("CHATD_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(w))
+        .spawn()
+        .unwrap();
+    (Killed(child), std::fs::File::from(r))
 }
 
 struct Killed(Child);
@@ -72,34 +78,27 @@ fn native_journal_fields() {
     let bin = copy_bin(BIN, &dir);
     let cfg = dir.0.join("chatd.toml");
     std::fs::write(&cfg, render(&base_config())).unwrap();
-    let (stderr_r, stderr_w, stream) = journal_stream();
     // Private /run with our socket at the journal's path; chatd runs
     // unprivileged there (the shipped unit's situation: no chroot).
     let script = r#"mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal &&
         mount --bind "$1" /run/systemd/journal &&
         exec setpriv --reuid=65534 --regid=65534 --clear-groups "$2" --config "$3""#;
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            script,
-            "sh",
-        ])
-        .arg(&jdir)
-        .arg(&bin)
-        .arg(&cfg)
-        .env("JOURNAL_STREAM", &stream)
-        .env("CHATD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr_w))
-        .spawn()
-        .unwrap();
-    let _guard = Killed(child);
+    let (guard, stderr_r) = spawn_on_journal_stream(
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(&jdir)
+            .arg(&bin)
+            .arg(&cfg),
+    );
 
     let mut events: Vec<BTreeMap<String, String>> = Vec::new();
     let mut buf = vec![0u8; 65536];
@@ -146,7 +145,7 @@ fn native_journal_fields() {
     let c = wait(&mut events, "connect");
     assert_eq!(c["PRIORITY"], "6");
     // Nothing went to the stream: every event was native.
-    drop(_guard);
+    drop(guard);
     let text = std::io::read_to_string(stderr_r).unwrap();
     assert!(text.trim().is_empty(), "stderr: {text}");
 }
@@ -159,26 +158,15 @@ fn root_start_logs_priority_prefixed_lines_to_the_stream() {
     let dir = TempDir::new();
     let cfg = dir.0.join("chatd.toml");
     std::fs::write(&cfg, render(&base_config())).unwrap();
-    let (stderr_r, stderr_w, stream) = journal_stream();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&cfg)
-        .args([
+    let (guard, stderr_r) =
+        spawn_on_journal_stream(Command::new(BIN).arg("--config").arg(&cfg).args([
             "--user",
             "nobody",
             "--listen",
             "127.0.0.1:0",
             "--max-clients",
             "1",
-        ])
-        .env("JOURNAL_STREAM", &stream)
-        .env("CHATD_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr_w))
-        .spawn()
-        .unwrap();
-    let guard = Killed(child);
+        ]));
     let mut lines = BufReader::new(stderr_r).lines();
     let mut next = |needle: &str| loop {
         let l = lines.next().expect("a log line").unwrap();

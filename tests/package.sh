@@ -21,12 +21,12 @@ echo "$out" | grep -v 'running with root privileges' >&2 || true
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-dpkg-deb -x "$deb" "$root"
-# verify needs the targets the units refer to and the programs they run.
-mkdir -p "$root/etc/systemd/system" "$root/usr/bin"
+# verify needs the targets the units refer to and the programs they run:
+# the host's units and kill(1) first, then the package over them.
+mkdir -p "$root/etc/systemd/system" "$root/usr/bin" "$root/usr/lib/systemd/system"
 cp -a /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
-dpkg-deb -x "$deb" "$root" # our units win over anything copied above
 cp /usr/bin/kill "$root/usr/bin/"
+dpkg-deb -x "$deb" "$root"
 [ -e "$root/bin" ] || ln -s usr/bin "$root/bin"
 
 echo "== systemd-analyze verify" >&2

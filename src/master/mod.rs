@@ -69,8 +69,8 @@ pub struct Master {
     pid: Pid,
     shutdown_at: Option<Instant>,
     last_status: Instant,
-    /// The status line last sent to systemd.
-    sent_status: String,
+    /// The status counters last sent to systemd.
+    sent_status: (usize, u64, u64),
     /// `$WATCHDOG_USEC`: ping at half of it.
     watchdog: Option<Duration>,
     last_ping: Instant,
@@ -142,7 +142,7 @@ impl Master {
             pid: nix::unistd::getpid(),
             shutdown_at: None,
             last_status: Instant::now(),
-            sent_status: String::new(),
+            sent_status: (0, 0, 0),
             watchdog,
             last_ping: Instant::now(),
             notifier,
@@ -157,7 +157,7 @@ impl Master {
         let status = self.status_line();
         self.notifier
             .send(&[NotifyState::Ready, NotifyState::Status(&status)]);
-        self.sent_status = status;
+        self.sent_status = self.status_counters();
         if let Some(w) = self.watchdog {
             self.notifier.send(&[NotifyState::Watchdog]);
             info!(
@@ -229,13 +229,16 @@ impl Master {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(s) => s,
             };
+            // SIGSYS: the child made a syscall outside its allowlist.
+            let mut violation = false;
             let (pid, reason) = match status {
                 WaitStatus::Exited(pid, 0) => (pid, None),
                 WaitStatus::Exited(pid, code) => (pid, Some(format!("exited with status {code}"))),
-                WaitStatus::Signaled(pid, Signal::SIGSYS, _) => (
-                    pid,
-                    Some("killed by SIGSYS (sandbox violation)".to_string()),
-                ),
+                WaitStatus::Signaled(pid, Signal::SIGSYS, _) => {
+                    violation = true;
+                    let r = "killed by SIGSYS (sandbox violation)";
+                    (pid, Some(r.to_string()))
+                }
                 WaitStatus::Signaled(pid, sig, _) => (pid, Some(format!("killed by {sig}"))),
                 _ => continue,
             };
@@ -244,9 +247,8 @@ impl Master {
             };
             let c = self.clients.get_mut(slot).unwrap();
             c.reaped = true;
-            if let WaitStatus::Signaled(_, Signal::SIGSYS, _) = status {
-                // A child made a syscall outside its allowlist: it was
-                // compromised or chatd has a bug. Either way, say so loudly.
+            if violation {
+                // Compromised, or a chatd bug: either way, say so loudly.
                 warn!(
                     event = "security",
                     client = c.serial,
@@ -452,21 +454,25 @@ impl Master {
                 self.notifier.send(&[NotifyState::Watchdog]);
             }
         }
-        let s = self.status_line();
-        if s != self.sent_status || now.duration_since(self.last_status) >= Duration::from_secs(5) {
+        let counters = self.status_counters();
+        if counters != self.sent_status
+            || now.duration_since(self.last_status) >= Duration::from_secs(5)
+        {
             self.last_status = now;
+            self.sent_status = counters;
+            let s = self.status_line();
             self.notifier.send(&[NotifyState::Status(&s)]);
-            self.sent_status = s;
         }
     }
 
+    /// What the status line shows: clients online, relayed, kicked.
+    fn status_counters(&self) -> (usize, u64, u64) {
+        (self.clients.online(), self.stats.relayed, self.stats.kicked)
+    }
+
     pub fn status_line(&self) -> String {
-        format!(
-            "{} clients, {} messages relayed, {} kicked",
-            self.clients.online(),
-            self.stats.relayed,
-            self.stats.kicked
-        )
+        let (online, relayed, kicked) = self.status_counters();
+        format!("{online} clients, {relayed} messages relayed, {kicked} kicked")
     }
 
     fn kill_all_and_reap(&mut self) {

@@ -12,6 +12,7 @@ use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstat, Mode};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 const STEP: &str = "empty_dir";
@@ -78,5 +79,3 @@ pub fn enter(dir: OwnedFd) -> Result<(), StepError> {
     nix::unistd::chdir("/").step("chroot")?;
     Ok(())
 }
-
-use std::os::unix::fs::DirBuilderExt;

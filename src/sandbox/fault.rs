@@ -32,35 +32,45 @@ pub fn before_seccomp() -> Option<String> {
 
 /// Performs the named fault. Returns only for an unknown name.
 pub fn trigger(name: &str, region: &Region, own_slot: usize) -> String {
+    if region.layout().max_slots < 2 {
+        return format!("{}fault needs max_clients >= 2\n", crate::protocol::ERR);
+    }
     let other = if own_slot == 0 { 1 } else { 0 };
-    let other = other.min(region.layout().max_slots - 1);
-    // SAFETY (all blocks below): these calls are meant to fail or to kill
-    // the process; their arguments are valid pointers or plain integers.
+    let other_slot = region.layout().slot_range(other);
     match name {
+        // SAFETY: a C string literal and plain flags; the call is meant to
+        // be refused by the filter.
         "openat" => unsafe {
             libc::openat(libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY);
         },
+        // SAFETY: plain integer arguments.
         "socket" => unsafe {
             libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         },
+        // SAFETY: a NULL-terminated argv of C string literals and a NULL
+        // environment; if the filter let it through, /bin/sh would replace
+        // this process, which is what the test must never see.
         "execve" => unsafe {
             let argv = [c"/bin/sh".as_ptr(), std::ptr::null()];
             libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), std::ptr::null());
         },
+        // SAFETY: plain integer arguments (attach to pid 1).
         "ptrace" => unsafe {
             libc::ptrace(libc::PTRACE_ATTACH, 1, 0, 0);
         },
+        // SAFETY: the range is another slot of the mapping, page-aligned;
+        // the call is meant to be refused by the filter.
         "mprotect-other" => unsafe {
-            let range = region.layout().slot_range(other);
             libc::mprotect(
-                region.raw_ptr(range.start).cast(),
-                range.len(),
+                region.raw_ptr(other_slot.start).cast(),
+                other_slot.len(),
                 libc::PROT_READ | libc::PROT_WRITE,
             );
         },
+        // SAFETY: the address is inside the mapping (another slot, 512
+        // bytes in); the page is read-only here, so the store faults.
         "write-other" => unsafe {
-            let start = region.layout().slot_range(other).start;
-            std::ptr::write_volatile(region.raw_ptr(start).add(512), 0xAB);
+            std::ptr::write_volatile(region.raw_ptr(other_slot.start + 512), 0xAB);
         },
         "panic" => panic!("fault injection"),
         _ => return format!("{}unknown fault {name}\n", crate::protocol::ERR),

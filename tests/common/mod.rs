@@ -362,8 +362,7 @@ impl Client {
 /// with a note when it does not, unless `CHATD_TESTS_AS_ROOT=1` (set by
 /// tests/all.sh when run as root, as CI does) says they must run.
 pub fn have_root(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return true;
     }
     assert!(
@@ -413,8 +412,7 @@ pub const NOBODY: u32 = 65534;
 /// nobody with no groups, and with an ambient capability chatd must drop;
 /// otherwise as the current user.
 pub fn unprivileged(program: &std::path::Path) -> Command {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         let mut c = Command::new("setpriv");
         c.args([
             "--reuid=65534",
