@@ -10,7 +10,6 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v ss >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v lintian >/dev/null || need+=(lintian)
-[ -x /usr/bin/kill ] || need+=(procps)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -37,3 +36,16 @@ cargo test --all-targets --features fault-injection --locked
 # systemd-analyze (verify, security exposure <= 0.9).
 command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked
 bash tests/package.sh
+
+# End to end on a real systemd: tests/e2e.rs against a throwaway Debian 12
+# container (deploy/container.sh) with the package just built. It needs
+# root; CI runs as root.
+deb=$(ls -t target/debian/chatd_*.deb | head -n1)
+if [ "$(id -u)" = 0 ]; then
+  mkdir -p target/e2e
+  CHATD_CT_JOURNAL="$PWD/target/e2e/journal.txt" bash deploy/container.sh run -- \
+    env CHATD_E2E_DEB="$PWD/$deb" \
+    cargo test --features fault-injection --locked --test e2e -- --ignored --nocapture
+else
+  echo "note: the end-to-end test needs root (sudo bash tests/all.sh); not run" >&2
+fi

@@ -22,10 +22,10 @@ echo "$out" | grep -v 'running with root privileges' >&2 || true
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 # verify needs the targets the units refer to and the programs they run:
-# the host's units and kill(1) first, then the package over them.
+# the host's units and sh(1) (ExecReload) first, then the package over them.
 mkdir -p "$root/etc/systemd/system" "$root/usr/bin" "$root/usr/lib/systemd/system"
 cp -a /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
-cp /usr/bin/kill "$root/usr/bin/"
+cp -L /bin/sh "$root/usr/bin/sh"
 dpkg-deb -x "$deb" "$root"
 [ -e "$root/bin" ] || ln -s usr/bin "$root/bin"
 

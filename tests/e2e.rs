@@ -1,0 +1,441 @@
+//! End-to-end: the Debian package on a real systemd, the way a user meets it.
+//!
+//! `deploy/container.sh run -- cargo test --test e2e -- --ignored` boots a
+//! throwaway Debian 12 container with systemd as PID 1 and runs this test on
+//! the host; tests/all.sh does exactly that with the freshly built .deb
+//! (`CHATD_E2E_DEB`). The container shares the host's network, so clients
+//! connect to 127.0.0.1:PORT from here, and every command inside goes
+//! through `deploy/container.sh exec` (nsenter). One test, ten steps in the
+//! order of issue 5, since each step starts from the state the last left.
+mod common;
+
+use common::{wait_for, Client};
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The container `deploy/container.sh run` booted for us.
+struct Container {
+    exec: String,
+}
+
+impl Container {
+    fn from_env() -> Container {
+        let exec = std::env::var("CHATD_CT_EXEC").expect(
+            "run me through: deploy/container.sh run -- cargo test --test e2e -- --ignored",
+        );
+        Container { exec }
+    }
+
+    /// Runs `sh -c script` inside; returns (success, stdout + stderr).
+    fn try_sh(&self, script: &str) -> (bool, String) {
+        let out = Command::new("bash")
+            .arg(&self.exec)
+            .args(["exec", "sh", "-c", script])
+            .output()
+            .expect("deploy/container.sh exec");
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    /// Runs `sh -c script` inside, which must succeed; returns its stdout, trimmed.
+    fn sh(&self, script: &str) -> String {
+        let (ok, text) = self.try_sh(script);
+        assert!(ok, "inside the container, `{script}` failed:\n{text}");
+        text.trim().to_string()
+    }
+
+    fn prop(&self, unit: &str, prop: &str) -> String {
+        self.sh(&format!("systemctl show -p {prop} --value {unit}"))
+    }
+
+    fn main_pid(&self) -> i32 {
+        self.prop("chatd.service", "MainPID").parse().unwrap()
+    }
+
+    fn children(&self, pid: i32) -> Vec<i32> {
+        let (_, text) = self.try_sh(&format!("cat /proc/{pid}/task/*/children"));
+        text.split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// Pids of every process named chatd in the container.
+    fn chatd_pids(&self) -> Vec<i32> {
+        let (_, text) = self.try_sh("grep -lx chatd /proc/[0-9]*/comm");
+        text.lines()
+            .filter_map(|l| {
+                l.strip_prefix("/proc/")?
+                    .strip_suffix("/comm")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn status(&self, pid: i32) -> String {
+        self.sh(&format!("cat /proc/{pid}/status"))
+    }
+
+    /// chatd's journal entries with a CHATD_EVENT, as JSON objects.
+    fn events(&self) -> Vec<Value> {
+        self.sh("journalctl -u chatd.service -o json --no-pager")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("CHATD_EVENT").is_some())
+            .collect()
+    }
+
+    fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(WAIT, || self.events().into_iter().find(|v| pred(v)))
+            .unwrap_or_else(|| panic!("no journal entry for {what}"))
+    }
+}
+
+fn field<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn step(n: u32, what: &str) {
+    eprintln!("e2e step {n}: {what}");
+}
+
+/// Fields of /proc/PID/status every chatd process must show.
+fn assert_confined(status: &str, uid: &str, who: &str) {
+    let get = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{who}: no {k} in status"))
+            .to_string()
+    };
+    assert_eq!(
+        get("Uid"),
+        format!("{uid}\t{uid}\t{uid}\t{uid}"),
+        "{who} Uid"
+    );
+    for k in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(get(k), "0000000000000000", "{who} {k}");
+    }
+    assert_eq!(get("NoNewPrivs"), "1", "{who} NoNewPrivs");
+    assert_eq!(get("Seccomp"), "2", "{who} Seccomp");
+}
+
+#[test]
+#[ignore = "needs a systemd container: deploy/container.sh run -- cargo test --test e2e -- --ignored"]
+fn debian_package_on_real_systemd() {
+    let ct = Container::from_env();
+    let deb = std::env::var("CHATD_E2E_DEB").expect("CHATD_E2E_DEB=path of the chatd .deb");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    step(
+        1,
+        "dpkg -i; chatd user, chatd.socket enabled and listening, service not started",
+    );
+    ct.sh(&format!(
+        "mkdir -p /etc/systemd/system/chatd.socket.d && \
+         printf '[Socket]\\nListenStream=\\nListenStream=127.0.0.1:{port}\\n' \
+         > /etc/systemd/system/chatd.socket.d/port.conf"
+    ));
+    let out = Command::new("bash")
+        .arg(&ct.exec)
+        .arg("install")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "install: {out:?}");
+    let uid = ct.sh("id -u chatd");
+    assert!(uid.parse::<u32>().unwrap() > 0);
+    assert_eq!(ct.sh("systemctl is-enabled chatd.socket"), "enabled");
+    assert_eq!(ct.sh("systemctl is-active chatd.socket"), "active");
+    assert_eq!(
+        ct.prop("chatd.socket", "Listen"),
+        format!("127.0.0.1:{port} (Stream)")
+    );
+    assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
+    assert!(
+        ct.chatd_pids().is_empty(),
+        "chatd runs before any connection"
+    );
+
+    step(
+        2,
+        "clients from the host: greeting, chat, /nick, /who; status; confinement",
+    );
+    let mut a = Client::connect(addr);
+    a.greeting();
+    a.send("/nick alice\n");
+    a.expect("you are now alice");
+    let mut b = Client::connect(addr);
+    b.greeting();
+    b.send("/nick bob\n");
+    b.expect("you are now bob");
+    let mut c = Client::connect(addr);
+    let c_nick = c.greeting();
+    a.send("hello from alice\n");
+    b.expect("hello from alice");
+    c.expect("hello from alice");
+    c.send("/who\n");
+    let who = c.expect(" online:");
+    for n in ["alice", "bob", c_nick.as_str()] {
+        assert!(who.contains(n), "/who: {who}");
+    }
+    assert_eq!(ct.sh("systemctl is-active chatd.service"), "active");
+    let status = wait_for(WAIT, || {
+        let s = ct.prop("chatd.service", "StatusText");
+        s.starts_with("3 clients").then_some(s)
+    })
+    .expect("StatusText shows 3 clients");
+    eprintln!("  StatusText={status}");
+    let master = ct.main_pid();
+    assert_confined(&ct.status(master), &uid, "master");
+    let kids = ct.children(master);
+    assert_eq!(kids.len(), 3, "one child per client: {kids:?}");
+    assert_confined(&ct.status(kids[0]), &uid, "child");
+    let seccomp_filters = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+            .map(|v| v.trim().parse::<u32>().unwrap())
+            .unwrap()
+    };
+    // The child stacks its own filter on the master's (and systemd's).
+    assert!(seccomp_filters(&ct.status(kids[0])) > seccomp_filters(&ct.status(master)));
+    let landlock = ct.wait_event("landlock", |v| field(v, "CHATD_EVENT") == "landlock");
+    assert_eq!(
+        field(&landlock, "PRIORITY"),
+        "6",
+        "children get Landlock in the container: {landlock}"
+    );
+
+    step(
+        3,
+        "journal: start, connects, disconnects with CHATD_ fields; no errors",
+    );
+    c.send("/quit bye now\n");
+    c.is_closed();
+    ct.wait_event("ready", |v| field(v, "CHATD_EVENT") == "ready");
+    let conn = ct.wait_event("connect", |v| field(v, "CHATD_EVENT") == "connect");
+    assert!(
+        field(&conn, "CHATD_PEER").starts_with("127.0.0.1:"),
+        "{conn}"
+    );
+    assert!(!field(&conn, "CHATD_CLIENT").is_empty(), "{conn}");
+    assert_eq!(field(&conn, "SYSLOG_IDENTIFIER"), "chatd");
+    assert_eq!(field(&conn, "PRIORITY"), "6");
+    let gone = ct.wait_event("disconnect", |v| {
+        field(v, "CHATD_EVENT") == "disconnect" && field(v, "CHATD_NICK") == c_nick
+    });
+    assert_eq!(field(&gone, "CHATD_REASON"), "bye now", "{gone}");
+    assert_eq!(
+        ct.sh("journalctl -u chatd.service -p err -q --no-pager"),
+        "",
+        "error-priority entries"
+    );
+
+    step(
+        4,
+        "systemctl reload after a config change; clients stay connected",
+    );
+    // (max_per_ip: step 5 opens many connections from 127.0.0.1.)
+    ct.sh("printf 'motd = \"e2e: reloaded\"\\nmax_per_ip = 1000\\n' >> /etc/chatd/chatd.toml");
+    ct.sh("systemctl reload chatd");
+    ct.wait_event("reload", |v| field(v, "CHATD_EVENT") == "reload");
+    let mut d = Client::connect(addr);
+    d.greeting();
+    d.expect("e2e: reloaded");
+    b.send("still here after reload\n");
+    a.expect("still here after reload");
+    d.expect("still here after reload");
+    assert_eq!(ct.main_pid(), master, "reload keeps the master");
+
+    step(
+        5,
+        "systemctl restart: connections made meanwhile are accepted",
+    );
+    let restart = {
+        let exec = ct.exec.clone();
+        std::thread::spawn(move || {
+            Command::new("bash")
+                .arg(&exec)
+                .args(["exec", "systemctl", "restart", "chatd.service"])
+                .status()
+                .unwrap()
+        })
+    };
+    // Connect as fast as possible until systemctl returns, then a few more.
+    let mut during = Vec::new();
+    let mut while_restarting = 0;
+    let t0 = Instant::now();
+    loop {
+        let finished = restart.is_finished();
+        if (finished && during.len() >= while_restarting + 5) || during.len() >= 500 {
+            break;
+        }
+        let s = TcpStream::connect(addr)
+            .unwrap_or_else(|e| panic!("connection {} refused during restart: {e}", during.len()));
+        during.push(Client::from_stream(s));
+        if !finished {
+            while_restarting += 1;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(t0.elapsed() < WAIT, "restart took too long");
+    }
+    assert!(
+        restart.join().unwrap().success(),
+        "systemctl restart failed"
+    );
+    a.expect("server shutting down");
+    let mut served = 0;
+    for cl in &mut during {
+        // A connection the old master took gets greeted and told it is going
+        // away; one waiting in systemd's backlog is greeted by the new one.
+        let first = cl.read_line().expect("a line for every connection");
+        assert!(first.contains("Welcome"), "{first}");
+        cl.send("/who\n");
+        match cl.read_line() {
+            Some(l) if l.contains("server shutting down") => {}
+            Some(_) => served += 1,
+            None => {}
+        }
+    }
+    eprintln!(
+        "  {} connections ({while_restarting} while systemctl restart ran), {served} served by the new master",
+        during.len()
+    );
+    assert!(
+        while_restarting > 0,
+        "no connection was attempted during the restart"
+    );
+    assert!(served > 0, "the new master served the waiting connections");
+    let master2 = ct.main_pid();
+    assert_ne!(master2, master);
+    drop(during);
+    drop((a, b, d));
+
+    step(
+        6,
+        "kill -9 of one child: the others keep chatting; journal shows it",
+    );
+    let mut x = Client::connect(addr);
+    x.greeting();
+    let mut y = Client::connect(addr);
+    y.greeting();
+    let mut z = Client::connect(addr);
+    let z_nick = z.greeting();
+    let master2 = ct.main_pid();
+    let kids = wait_for(WAIT, || {
+        let k = ct.children(master2);
+        (k.len() == 3).then_some(k)
+    })
+    .expect("three children");
+    // Children are forked in connection order; the last one serves z.
+    let victim = *kids.iter().max().unwrap();
+    ct.sh(&format!("kill -9 {victim}"));
+    x.expect(&format!("{z_nick} left (killed by SIGKILL)"));
+    assert!(z.is_closed());
+    x.send("after the kill\n");
+    y.expect("after the kill");
+    ct.wait_event("killed child", |v| {
+        field(v, "CHATD_EVENT") == "disconnect"
+            && field(v, "CHATD_NICK") == z_nick
+            && field(v, "CHATD_REASON").contains("SIGKILL")
+    });
+
+    step(7, "kill -9 of the master: no orphans; systemd restarts it");
+    let before = ct.chatd_pids();
+    assert_eq!(before.len(), 3, "master and two children: {before:?}");
+    let restarts: u32 = ct.prop("chatd.service", "NRestarts").parse().unwrap();
+    ct.sh(&format!("kill -9 {master2}"));
+    assert!(
+        x.is_closed() && y.is_closed(),
+        "clients of the killed master are closed"
+    );
+    wait_for(WAIT, || {
+        let now = ct.chatd_pids();
+        (!before.iter().any(|p| now.contains(p))).then_some(())
+    })
+    .expect("every process of the killed master is gone");
+    let master3 = wait_for(WAIT, || {
+        let n: u32 = ct.prop("chatd.service", "NRestarts").parse().unwrap();
+        let active = ct.prop("chatd.service", "ActiveState") == "active";
+        let pid = ct.main_pid();
+        (n == restarts + 1 && active && pid != 0).then_some(pid)
+    })
+    .expect("systemd restarted chatd (Restart=on-failure)");
+    assert!(!before.contains(&master3));
+    let mut p = Client::connect(addr);
+    p.greeting();
+    eprintln!("  restarted master pid {master3}");
+
+    step(8, "systemctl stop: clients are told; no chatd process left");
+    let mut q = Client::connect(addr);
+    q.greeting();
+    ct.sh("systemctl stop chatd.service");
+    p.expect("server shutting down");
+    q.expect("server shutting down");
+    assert!(p.is_closed() && q.is_closed());
+    assert_eq!(
+        ct.chatd_pids(),
+        Vec::<i32>::new(),
+        "chatd processes after stop"
+    );
+    assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
+    assert_eq!(ct.prop("chatd.service", "Result"), "success");
+
+    step(9, "systemd-analyze security chatd.service");
+    let (_, sec) = ct.try_sh("systemd-analyze security chatd.service --no-pager");
+    let overall = sec
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{sec}"))
+        .to_string();
+    eprintln!("  {overall}");
+    let level: f64 = overall
+        .split(':')
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(level <= 0.9, "exposure {level} above the 0.9 target");
+
+    step(10, "apt-get remove, then purge");
+    ct.sh("apt-get remove -y -q chatd >/dev/null 2>&1");
+    assert!(ct.chatd_pids().is_empty());
+    for unit in ["chatd.socket", "chatd.service"] {
+        let (active, state) = ct.try_sh(&format!("systemctl is-active {unit}"));
+        assert!(!active, "{unit} still {state}");
+        let (enabled, state) = ct.try_sh(&format!("systemctl is-enabled {unit}"));
+        assert!(!enabled, "{unit} still enabled: {state}");
+    }
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "nothing listens after remove"
+    );
+    assert!(
+        ct.try_sh("test -e /etc/chatd/chatd.toml").0,
+        "remove keeps the config"
+    );
+    ct.sh("apt-get purge -y -q chatd >/dev/null 2>&1");
+    assert!(
+        !ct.try_sh("test -e /etc/chatd").0,
+        "purge leaves /etc/chatd"
+    );
+    assert!(!ct.try_sh("dpkg -s chatd").0, "package still known to dpkg");
+    let (_, units) = ct.try_sh("systemctl list-unit-files 'chatd*' --no-legend");
+    assert_eq!(units.trim(), "", "unit files left after purge");
+    eprintln!("e2e: all 10 steps passed");
+}
