@@ -1,0 +1,506 @@
+//! chatd-bench: a load generator for line-based chat servers.
+//!
+//! `chatd-bench` (the suite) starts chatd and the seed in turn, each fresh
+//! for every scenario, runs the same scenarios against both in one
+//! invocation and prints a table with same-run ratios and one JSON line.
+//! The subcommands run one scenario against one server, started here or
+//! already listening (`--addr`, with `--pid` for CPU and memory figures).
+//! README.md, "Performance", shows how to read it.
+//!
+//! - `marker`: what a message carries, and how a receiver finds it;
+//! - `fanout`: fan-out and churn (throughput, latency, loss, duplicates,
+//!   corruption, self-echo);
+//! - `storm`: connect storm, idle memory;
+//! - `server`: starting the servers, and what /proc says about them.
+
+mod fanout;
+mod marker;
+mod server;
+mod storm;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use fanout::{Mode, Outcome, Spec};
+use serde_json::{json, Map, Value};
+use server::{Kind, Server};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use storm::StormOutcome;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Load generator for chatd and other line-based chat servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    target: Target,
+    /// Suite: leave the seed out.
+    #[arg(long)]
+    no_seed: bool,
+    /// Suite: also connect 4000 clients at once to chatd and chat among 100 of them.
+    #[arg(long)]
+    crowd: bool,
+    /// Suite: seconds each sending phase may last.
+    #[arg(long, default_value_t = 4.0)]
+    max_secs: f64,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// The chatd binary (default: the one next to chatd-bench).
+    #[arg(long, global = true)]
+    chatd: Option<PathBuf>,
+    /// The seed's directory (built there with make).
+    #[arg(long, global = true, default_value = "../shared/seed")]
+    seed_dir: PathBuf,
+    /// Subcommands: which server to start.
+    #[arg(long, global = true, default_value = "chatd", value_parser = ["chatd", "seed"])]
+    server: String,
+    /// Subcommands: use a server already listening here instead.
+    #[arg(long, global = true)]
+    addr: Option<SocketAddr>,
+    /// With --addr: the server's master pid, for CPU and memory figures.
+    #[arg(long, global = true)]
+    pid: Option<i32>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// N clients, K senders, M messages of S bytes; closed (-w) or open (-r) loop.
+    Fanout {
+        #[arg(short = 'n', long, default_value_t = 100)]
+        clients: usize,
+        #[arg(short = 'k', long, default_value_t = 10)]
+        senders: usize,
+        #[arg(short = 'm', long, default_value_t = 2000)]
+        messages: u32,
+        #[arg(short = 's', long, default_value_t = 64)]
+        size: usize,
+        /// Closed loop: messages in flight per sender.
+        #[arg(short = 'w', long, default_value_t = 8)]
+        window: u32,
+        /// Open loop: messages per second per sender (overrides --window).
+        #[arg(short = 'r', long)]
+        rate: Option<f64>,
+        /// Clients that leave and rejoin during the run (part of N).
+        #[arg(short = 'c', long, default_value_t = 0)]
+        churn: usize,
+        #[arg(long, default_value_t = 10.0)]
+        max_secs: f64,
+    },
+    /// N connections opened as fast as possible.
+    Storm {
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        clients: usize,
+    },
+    /// PSS and page tables of the server tree at N idle clients.
+    Memory {
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        clients: usize,
+    },
+}
+
+fn chatd_path(t: &Target) -> Result<PathBuf> {
+    if let Some(p) = &t.chatd {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("chatd");
+    if !p.exists() {
+        bail!("no chatd next to {}; pass --chatd", me.display());
+    }
+    Ok(p)
+}
+
+fn kind(t: &Target) -> Result<Kind> {
+    if let Some(a) = t.addr {
+        return Ok(Kind::External(a, t.pid));
+    }
+    Ok(match t.server.as_str() {
+        "seed" => Kind::Seed(server::build_seed(&t.seed_dir)?),
+        _ => Kind::Chatd(chatd_path(t)?),
+    })
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let nofile = server::raise_nofile();
+    match cli.cmd {
+        None => suite(&cli, nofile),
+        Some(Cmd::Fanout {
+            clients,
+            senders,
+            messages,
+            size,
+            window,
+            rate,
+            churn,
+            max_secs,
+        }) => {
+            let spec = Spec {
+                clients,
+                senders,
+                messages,
+                size: size.max(marker::MIN_SIZE),
+                mode: rate.map_or(Mode::Closed { window }, |rate| Mode::Open { rate }),
+                churners: churn,
+                max_secs,
+            };
+            let k = kind(&cli.target)?;
+            let s = Server::start(&k, clients)?;
+            let o = fanout::run(&s, &spec)?;
+            println!("{}", fanout_json(&o));
+            Ok(())
+        }
+        Some(Cmd::Storm { clients }) => {
+            let k = kind(&cli.target)?;
+            let s = Server::start(&k, clients + 1)?;
+            let o = storm::storm(&s, clients)?;
+            println!("{}", storm_json(&o));
+            Ok(())
+        }
+        Some(Cmd::Memory { clients }) => {
+            let k = kind(&cli.target)?;
+            let s = Server::start(&k, clients)?;
+            println!("{}", memory_json(&s, clients)?);
+            Ok(())
+        }
+    }
+}
+
+fn fanout_json(o: &Outcome) -> Value {
+    json!({
+        "deliveries_per_s": o.rate().round(),
+        "deliveries_per_server_cpu_s": o.per_cpu().round(),
+        "delivered": o.delivered, "expected": o.expected, "sent": o.sent,
+        "lost": o.lost, "loss_pct": (o.loss_pct() * 100.0).round() / 100.0,
+        "duplicates": o.duplicates, "corrupt": o.corrupt, "self_echo": o.self_echo,
+        "p50_ms": o.lat_us[0] / 1e3, "p90_ms": o.lat_us[1] / 1e3,
+        "p99_ms": o.lat_us[2] / 1e3, "max_ms": o.lat_us[3] / 1e3,
+        "secs": o.secs, "server_cpu_s": o.server_cpu, "bench_cpu_s": o.bench_cpu,
+        "rejoins": o.rejoins, "failed_rejoins": o.failed_rejoins, "closed_by_server": o.closed,
+        "window_timeouts": o.window_timeouts,
+    })
+}
+
+fn storm_json(o: &StormOutcome) -> Value {
+    json!({
+        "attempted": o.attempted, "usable_in_0_5s": o.usable_fast, "usable": o.usable,
+        "refused": o.refused, "closed": o.closed, "last_usable_ms": o.last_usable_ms,
+    })
+}
+
+fn memory_json(s: &Server, n: usize) -> Result<Value> {
+    let (pss0, pte0, _) = s.memory();
+    let ((pss, pte, procs), _clients) = storm::idle_memory(s, n)?;
+    Ok(json!({
+        "clients": n, "processes": procs,
+        "pss_kib": pss / 1024, "pte_kib": pte / 1024,
+        "idle_master_kib": (pss0 + pte0) / 1024,
+        "per_client_kib": ((pss + pte) as f64 / n as f64 / 1024.0 * 10.0).round() / 10.0,
+        "pss_per_client_kib": (pss as f64 / n as f64 / 1024.0 * 10.0).round() / 10.0,
+        "pte_per_client_kib": (pte as f64 / n as f64 / 1024.0 * 10.0).round() / 10.0,
+    }))
+}
+
+/// The standard scenarios: the targets, on chatd and on the seed.
+fn scenarios(max_secs: f64) -> Vec<(&'static str, Spec)> {
+    let base = Spec {
+        clients: 100,
+        senders: 10,
+        messages: 3000,
+        size: 64,
+        mode: Mode::Closed { window: 8 },
+        churners: 0,
+        max_secs,
+    };
+    vec![
+        ("closed N=100 K=10 S=64 W=8", base.clone()),
+        (
+            "open N=100 K=10 R=100/s",
+            Spec {
+                messages: (100.0 * max_secs.min(3.0)) as u32,
+                mode: Mode::Open { rate: 100.0 },
+                ..base.clone()
+            },
+        ),
+        (
+            "closed N=500 K=5 S=64 W=8",
+            Spec {
+                clients: 500,
+                senders: 5,
+                messages: 1500,
+                ..base.clone()
+            },
+        ),
+        (
+            "churn N=100 K=10 W=8 C=10",
+            Spec {
+                messages: 1500,
+                churners: 10,
+                ..base
+            },
+        ),
+    ]
+}
+
+fn suite(cli: &Cli, nofile: u64) -> Result<()> {
+    let mut kinds = vec![Kind::Chatd(chatd_path(&cli.target)?)];
+    if !cli.no_seed {
+        kinds.push(Kind::Seed(server::build_seed(&cli.target.seed_dir)?));
+    }
+    let mut results: Vec<Map<String, Value>> = vec![Map::new(); kinds.len()];
+    for (name, spec) in scenarios(cli.max_secs) {
+        for (i, k) in kinds.iter().enumerate() {
+            eprintln!("{name}: {}", k.name());
+            let s = Server::start(k, spec.clients)?;
+            let o = fanout::run(&s, &spec)?;
+            let v = fanout_json(&o);
+            eprintln!("  {v}");
+            results[i].insert(name.into(), v);
+        }
+    }
+    for (i, k) in kinds.iter().enumerate() {
+        eprintln!("storm 1000: {}", k.name());
+        let s = Server::start(k, 1001)?;
+        let v = storm_json(&storm::storm(&s, 1000)?);
+        eprintln!("  {v}");
+        results[i].insert("storm 1000".into(), v);
+        drop(s);
+        eprintln!("memory N=1000: {}", k.name());
+        let s = Server::start(k, 1000)?;
+        let v = memory_json(&s, 1000)?;
+        eprintln!("  {v}");
+        results[i].insert("memory N=1000".into(), v);
+    }
+    if cli.crowd {
+        eprintln!("crowd 4000: chatd");
+        let s = Server::start(&kinds[0], 4000)?;
+        let ((pss, pte, procs), idle) = storm::idle_memory(&s, 3900)?;
+        let spec = Spec {
+            clients: 100,
+            senders: 10,
+            messages: 100,
+            size: 64,
+            mode: Mode::Closed { window: 8 },
+            churners: 0,
+            max_secs: cli.max_secs,
+        };
+        let o = fanout::run(&s, &spec)?;
+        let mut v = fanout_json(&o);
+        v["processes"] = json!(procs);
+        // The idle ones (counted by their children) plus the chatting
+        // ones (each heard the start probe).
+        v["connected"] = json!(procs - 1 + spec.clients);
+        drop(idle);
+        v["tree_mib"] = json!((pss + pte) / (1 << 20));
+        results[0].insert("crowd 4000 (100 chatting)".into(), v);
+    }
+    print_table(&kinds, &results);
+    let mut all = Map::new();
+    all.insert("machine".into(), json!(machine(nofile)));
+    for (i, k) in kinds.iter().enumerate() {
+        all.insert(k.name().into(), Value::Object(results[i].clone()));
+    }
+    println!("{}", Value::Object(all));
+    Ok(())
+}
+
+fn machine(nofile: u64) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} x {cpu}, Linux {}, RLIMIT_NOFILE {nofile}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )
+}
+
+/// Rows: (scenario, label, JSON key, scale, decimals, higher is better?).
+const ROWS: &[(&str, &str, &str, f64, usize)] = &[
+    (
+        "closed N=100 K=10 S=64 W=8",
+        "deliveries/s",
+        "deliveries_per_s",
+        1.0,
+        0,
+    ),
+    (
+        "closed N=100 K=10 S=64 W=8",
+        "deliveries/server CPU-s",
+        "deliveries_per_server_cpu_s",
+        1.0,
+        0,
+    ),
+    (
+        "closed N=100 K=10 S=64 W=8",
+        "p99 latency ms",
+        "p99_ms",
+        1.0,
+        2,
+    ),
+    ("closed N=100 K=10 S=64 W=8", "loss %", "loss_pct", 1.0, 2),
+    (
+        "closed N=100 K=10 S=64 W=8",
+        "duplicates",
+        "duplicates",
+        1.0,
+        0,
+    ),
+    ("closed N=100 K=10 S=64 W=8", "corrupt", "corrupt", 1.0, 0),
+    (
+        "open N=100 K=10 R=100/s",
+        "p50 latency ms",
+        "p50_ms",
+        1.0,
+        3,
+    ),
+    (
+        "open N=100 K=10 R=100/s",
+        "p99 latency ms",
+        "p99_ms",
+        1.0,
+        3,
+    ),
+    (
+        "open N=100 K=10 R=100/s",
+        "max latency ms",
+        "max_ms",
+        1.0,
+        3,
+    ),
+    ("open N=100 K=10 R=100/s", "loss %", "loss_pct", 1.0, 2),
+    (
+        "closed N=500 K=5 S=64 W=8",
+        "deliveries/s",
+        "deliveries_per_s",
+        1.0,
+        0,
+    ),
+    (
+        "closed N=500 K=5 S=64 W=8",
+        "deliveries/server CPU-s",
+        "deliveries_per_server_cpu_s",
+        1.0,
+        0,
+    ),
+    ("closed N=500 K=5 S=64 W=8", "loss %", "loss_pct", 1.0, 2),
+    (
+        "churn N=100 K=10 W=8 C=10",
+        "deliveries/s",
+        "deliveries_per_s",
+        1.0,
+        0,
+    ),
+    ("churn N=100 K=10 W=8 C=10", "rejoins", "rejoins", 1.0, 0),
+    ("churn N=100 K=10 W=8 C=10", "loss %", "loss_pct", 1.0, 2),
+    (
+        "churn N=100 K=10 W=8 C=10",
+        "duplicates",
+        "duplicates",
+        1.0,
+        0,
+    ),
+    (
+        "churn N=100 K=10 W=8 C=10",
+        "self-echo",
+        "self_echo",
+        1.0,
+        0,
+    ),
+    ("storm 1000", "usable in 0.5 s", "usable_in_0_5s", 1.0, 0),
+    ("storm 1000", "usable in 3 s", "usable", 1.0, 0),
+    ("storm 1000", "refused or closed", "refused", 1.0, 0),
+    (
+        "memory N=1000",
+        "KiB/client PSS+PTE",
+        "per_client_kib",
+        1.0,
+        1,
+    ),
+    (
+        "memory N=1000",
+        "KiB/client PSS",
+        "pss_per_client_kib",
+        1.0,
+        1,
+    ),
+    (
+        "memory N=1000",
+        "KiB/client PTE",
+        "pte_per_client_kib",
+        1.0,
+        1,
+    ),
+    (
+        "crowd 4000 (100 chatting)",
+        "connected",
+        "connected",
+        1.0,
+        0,
+    ),
+    (
+        "crowd 4000 (100 chatting)",
+        "deliveries/s",
+        "deliveries_per_s",
+        1.0,
+        0,
+    ),
+    ("crowd 4000 (100 chatting)", "loss %", "loss_pct", 1.0, 2),
+];
+
+fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
+    let mut header = format!("{:<28} {:<26}", "scenario", "figure");
+    for k in kinds {
+        header.push_str(&format!(" {:>12}", k.name()));
+    }
+    if kinds.len() == 2 {
+        header.push_str(&format!(" {:>10}", "chatd/seed"));
+    }
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    let mut last = "";
+    for &(scenario, label, key, scale, dec) in ROWS {
+        let vals: Vec<Option<f64>> = results
+            .iter()
+            .map(|r| {
+                let mut v = r.get(scenario)?.get(key)?.as_f64()? * scale;
+                if key == "refused" {
+                    v += r.get(scenario)?.get("closed")?.as_f64()?;
+                }
+                Some(v)
+            })
+            .collect();
+        if vals.iter().all(Option::is_none) {
+            continue;
+        }
+        let name = if scenario == last { "" } else { scenario };
+        last = scenario;
+        let mut row = format!("{name:<28} {label:<26}");
+        for v in &vals {
+            match v {
+                Some(v) => row.push_str(&format!(" {:>12.*}", dec, v)),
+                None => row.push_str(&format!(" {:>12}", "-")),
+            }
+        }
+        if let [Some(a), Some(b)] = vals[..] {
+            if b != 0.0 {
+                row.push_str(&format!(" {:>10.2}", a / b));
+            } else {
+                row.push_str(&format!(" {:>10}", "-"));
+            }
+        }
+        println!("{row}");
+    }
+}

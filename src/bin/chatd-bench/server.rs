@@ -1,0 +1,287 @@
+//! The servers under test: chatd (started with a benchmark config) and the
+//! seed (`chat_shm_quiet_2000`, built with `make` in its directory), each
+//! on a free loopback port, or any server already listening (`--addr`).
+//! Also what /proc says about a server's process tree: CPU time, PSS and
+//! page tables of the master and every child.
+
+use anyhow::{bail, Context, Result};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub enum Kind {
+    Chatd(PathBuf),
+    Seed(PathBuf),
+    External(SocketAddr, Option<i32>),
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Chatd(_) => "chatd",
+            Kind::Seed(_) => "seed",
+            Kind::External(..) => "server",
+        }
+    }
+}
+
+/// A running server; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub pid: Option<i32>,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    /// Starts a fresh server of `kind` able to hold `clients` clients.
+    pub fn start(kind: &Kind, clients: usize) -> Result<Server> {
+        let (mut cmd, dir) = match kind {
+            Kind::External(addr, pid) => {
+                return Ok(Server {
+                    addr: *addr,
+                    pid: *pid,
+                    child: None,
+                    dir: None,
+                })
+            }
+            Kind::Chatd(bin) => {
+                let dir = std::env::temp_dir().join(format!("chatd-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)?;
+                let port = free_port()?;
+                let config = dir.join("chatd.toml");
+                // Flood control off, room for everyone, from one address.
+                std::fs::write(
+                    &config,
+                    format!(
+                        "listen = [\"127.0.0.1:{port}\"]\nmax_clients = {}\n\
+                         max_per_ip = {}\nflood_rate = 0\nuser = \"nobody\"\n\
+                         empty_dir = \"{}\"\n",
+                        clients + 16,
+                        clients + 16,
+                        dir.join("empty").display()
+                    ),
+                )?;
+                let mut c = Command::new(bin);
+                c.arg("--config").arg(&config);
+                (c, Some((dir, port)))
+            }
+            Kind::Seed(bin) => {
+                let _ = std::fs::remove_file("/dev/shm/my_shm");
+                let port = free_port()?;
+                let mut c = Command::new(bin);
+                c.args(["127.0.0.1", &port.to_string()]);
+                (c, Some((std::env::temp_dir(), port)))
+            }
+        };
+        let (dir, port) = dir.unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", kind.name()))?;
+        let pid = child.id() as i32;
+        let own_dir = matches!(kind, Kind::Chatd(_)).then_some(dir);
+        let mut server = Server {
+            addr,
+            pid: Some(pid),
+            child: Some(child),
+            dir: own_dir,
+        };
+        // Ready when it listens; a probe connection is accepted and closed.
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            if let Some(st) = server.child.as_mut().unwrap().try_wait()? {
+                bail!("{} exited at start: {st}", kind.name());
+            }
+            if Instant::now() > end {
+                bail!("{} does not listen on {addr}", kind.name());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Wait for the probe's child to go, so that counts start at zero.
+        wait_until(Duration::from_secs(5), || server.children().is_empty());
+        Ok(server)
+    }
+
+    /// After connecting client number `i` (from 0): waits until the server
+    /// has forked a child for it. A server that accepts one connection per
+    /// event (the seed) may stay `lag` behind; a wait that times out adds
+    /// one to the lag instead of waiting again for the same client.
+    pub fn pace(&self, i: usize, lag: &mut usize) {
+        if self.pid.is_none() {
+            return;
+        }
+        let want = (i + 1).saturating_sub(*lag);
+        if !wait_until(Duration::from_millis(200), || self.children().len() >= want) {
+            *lag += 1;
+        }
+    }
+
+    /// Live child pids of the master.
+    pub fn children(&self) -> Vec<i32> {
+        self.pid.map(children_of).unwrap_or_default()
+    }
+
+    /// CPU seconds used so far by the whole tree (master, reaped children,
+    /// live children).
+    pub fn cpu_seconds(&self) -> f64 {
+        let Some(pid) = self.pid else { return 0.0 };
+        let mut ticks = stat_ticks(pid, true);
+        for c in children_of(pid) {
+            ticks += stat_ticks(c, false);
+        }
+        ticks as f64 / clock_ticks()
+    }
+
+    /// (PSS bytes, page-table bytes, processes) of the tree.
+    pub fn memory(&self) -> (u64, u64, usize) {
+        let Some(pid) = self.pid else {
+            return (0, 0, 0);
+        };
+        let mut pids = vec![pid];
+        pids.extend(children_of(pid));
+        let (mut pss, mut pte) = (0, 0);
+        for p in &pids {
+            pss += kib_field(&format!("/proc/{p}/smaps_rollup"), "Pss:") * 1024;
+            pte += kib_field(&format!("/proc/{p}/status"), "VmPTE:") * 1024;
+        }
+        (pss, pte, pids.len())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id() as i32;
+            let kids = children_of(pid);
+            // SAFETY: kill(2) on pids this process started; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            for k in kids {
+                // SAFETY: as above; the seed's children may outlive their master.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                v.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    v
+}
+
+/// utime + stime (+ cutime + cstime) in clock ticks, from /proc/PID/stat.
+fn stat_ticks(pid: i32, with_reaped: bool) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, rest)) = s.rsplit_once(')') else {
+        return 0;
+    };
+    // Fields after the command: state is field 3, utime 14 ... cstime 17.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    if f.len() < 4 {
+        return 0;
+    }
+    f[0] + f[1] + if with_reaped { f[2] + f[3] } else { 0 }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+fn kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix(key)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Builds the seed with make in `dir` and returns its quiet 2000-client binary.
+pub fn build_seed(dir: &Path) -> Result<PathBuf> {
+    let st = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(dir)
+        .arg("chat_shm_quiet_2000")
+        .stdout(Stdio::null())
+        .status()
+        .context("running make for the seed")?;
+    if !st.success() {
+        bail!("make in {} failed", dir.display());
+    }
+    Ok(dir.join("chat_shm_quiet_2000").canonicalize()?)
+}
+
+/// Raises this process's open-file limit to its hard limit (servers we
+/// start inherit it).
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+    r.rlim_cur
+}
