@@ -9,7 +9,7 @@
 //! order of issue 5, since each step starts from the state the last left.
 mod common;
 
-use common::{wait_for, Client};
+use common::{assert_status_confined, parse_status, wait_for, Client};
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -112,26 +112,12 @@ fn step(n: u32, what: &str) {
     eprintln!("e2e step {n}: {what}");
 }
 
-/// Fields of /proc/PID/status every chatd process must show.
+/// The common confinement check, plus an empty bounding set (the unit's
+/// CapabilityBoundingSet=).
 fn assert_confined(status: &str, uid: &str, who: &str) {
-    let get = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("{who}: no {k} in status"))
-            .to_string()
-    };
-    assert_eq!(
-        get("Uid"),
-        format!("{uid}\t{uid}\t{uid}\t{uid}"),
-        "{who} Uid"
-    );
-    for k in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(get(k), "0000000000000000", "{who} {k}");
-    }
-    assert_eq!(get("NoNewPrivs"), "1", "{who} NoNewPrivs");
-    assert_eq!(get("Seccomp"), "2", "{who} Seccomp");
+    let s = parse_status(status);
+    assert_status_confined(&s, uid.parse().unwrap(), who);
+    assert_eq!(s["CapBnd"], "0000000000000000", "{who} CapBnd");
 }
 
 #[test]
@@ -206,12 +192,7 @@ fn debian_package_on_real_systemd() {
     let kids = ct.children(master);
     assert_eq!(kids.len(), 3, "one child per client: {kids:?}");
     assert_confined(&ct.status(kids[0]), &uid, "child");
-    let seccomp_filters = |s: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-            .map(|v| v.trim().parse::<u32>().unwrap())
-            .unwrap()
-    };
+    let seccomp_filters = |s: &str| parse_status(s)["Seccomp_filters"].parse::<u32>().unwrap();
     // The child stacks its own filter on the master's (and systemd's).
     assert!(seccomp_filters(&ct.status(kids[0])) > seccomp_filters(&ct.status(master)));
     let landlock = ct.wait_event("landlock", |v| field(v, "CHATD_EVENT") == "landlock");

@@ -22,18 +22,7 @@ fn connect_and_close_by_the_thousand_leaks_nothing() {
                 l_onoff: 1,
                 l_linger: 0,
             };
-            // SAFETY: setsockopt on a socket this test owns, with a valid
-            // pointer to a local linger struct and its size.
-            let rc = unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &l as *const libc::linger as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0);
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &l).unwrap();
         }
         drop(s);
     }
@@ -109,16 +98,15 @@ fn a_stopped_child_delays_only_its_own_client() {
     stopped.expect("joined");
     a.expect("joined");
     let victim = *srv.children().iter().min().expect("children");
-    // SAFETY: kill(2) on a child of the server this test started.
-    assert_eq!(unsafe { libc::kill(victim, libc::SIGSTOP) }, 0);
+    let victim = nix::unistd::Pid::from_raw(victim);
+    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let t0 = std::time::Instant::now();
     for i in 0..500 {
         a.send(&format!("line {i}\n"));
         b.expect(&format!("line {i}"));
     }
     let others_took = t0.elapsed();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(victim, libc::SIGCONT) }, 0);
+    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGCONT).unwrap();
     for i in 0..500 {
         stopped.expect(&format!("line {i}"));
     }

@@ -375,9 +375,15 @@ pub fn have_root(test: &str) -> bool {
 
 /// /proc/PID/status as key → value.
 pub fn proc_status(pid: i32) -> BTreeMap<String, String> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"))
-        .lines()
+    parse_status(
+        &std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}")),
+    )
+}
+
+/// The text of a /proc/PID/status file as key → value.
+pub fn parse_status(text: &str) -> BTreeMap<String, String> {
+    text.lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))
         .collect()
@@ -385,14 +391,18 @@ pub fn proc_status(pid: i32) -> BTreeMap<String, String> {
 
 /// Asserts what every confined chatd process shows in /proc/PID/status.
 pub fn assert_confined(pid: i32, uid: u32) {
-    let s = proc_status(pid);
+    assert_status_confined(&proc_status(pid), uid, &format!("pid {pid}"));
+}
+
+/// [`assert_confined`] on a parsed status (read elsewhere, e.g. inside a container).
+pub fn assert_status_confined(s: &BTreeMap<String, String>, uid: u32, who: &str) {
     let ids = format!("{uid}\t{uid}\t{uid}\t{uid}");
-    assert_eq!(s["Uid"], ids, "pid {pid} Uid");
+    assert_eq!(s["Uid"], ids, "{who} Uid");
     for k in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
-        assert_eq!(s[k], "0000000000000000", "pid {pid} {k}");
+        assert_eq!(s[k], "0000000000000000", "{who} {k}");
     }
-    assert_eq!(s["NoNewPrivs"], "1", "pid {pid} NoNewPrivs");
-    assert_eq!(s["Seccomp"], "2", "pid {pid} Seccomp");
+    assert_eq!(s["NoNewPrivs"], "1", "{who} NoNewPrivs");
+    assert_eq!(s["Seccomp"], "2", "{who} Seccomp");
 }
 
 /// Copies the chatd binary into `dir` (mode 0755), so that an unprivileged

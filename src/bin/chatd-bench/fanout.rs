@@ -98,7 +98,6 @@ struct Sender {
 struct Churner {
     conn: Option<usize>,
     next_change: Instant,
-    incarnation: u32,
 }
 
 struct Run<'a> {
@@ -111,6 +110,8 @@ struct Run<'a> {
     seen: Vec<u64>,
     churn_seen: HashSet<(u32, u32)>,
     churn_sent: u64,
+    /// Messages of the steady senders that every steady client has.
+    complete: u64,
     start: Instant,
     lat: Vec<u32>,
     out: Outcome,
@@ -291,9 +292,12 @@ impl<'a> Run<'a> {
         let need = self.stable as u32 - 1;
         let snd = &mut self.senders[s];
         snd.count[seq as usize] += 1;
-        if snd.count[seq as usize] == need && !snd.retired[seq as usize] {
-            snd.retired[seq as usize] = true;
-            snd.inflight -= 1;
+        if snd.count[seq as usize] == need {
+            self.complete += 1;
+            if !snd.retired[seq as usize] {
+                snd.retired[seq as usize] = true;
+                snd.inflight -= 1;
+            }
         }
     }
 
@@ -368,6 +372,7 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         seen: vec![0; stable * spec.senders * words],
         churn_seen: HashSet::new(),
         churn_sent: 0,
+        complete: 0,
         start: Instant::now(),
         lat: Vec::new(),
         out: Outcome::default(),
@@ -416,7 +421,6 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         .map(|i| Churner {
             conn: None,
             next_change: Instant::now() + Duration::from_millis(i as u64 * 3),
-            incarnation: 0,
         })
         .collect();
     let mut next_churn_id = CHURN_BASE;
@@ -467,7 +471,6 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
                         let t = now_us(run.start);
                         run.queue(idx, id, 0, t);
                         run.churn_sent += 1;
-                        ch.incarnation += 1;
                         run.out.rejoins += 1;
                         ch.conn = Some(idx);
                         ch.next_change = Instant::now() + Duration::from_millis(20 + rng.next(60));
@@ -476,17 +479,8 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
             }
         }
         if let Some(d) = drain_since {
-            let all_in = run
-                .senders
-                .iter()
-                .all(|s| s.inflight == 0 || s.pending.is_empty());
-            let done_stable = run.senders.iter().all(|s| {
-                s.count[..s.next as usize]
-                    .iter()
-                    .all(|&c| c >= stable as u32 - 1)
-            });
-            if (all_in
-                && done_stable
+            let sent: u64 = run.senders.iter().map(|s| s.next as u64).sum();
+            if (run.complete == sent
                 && run.churn_seen.len() as u64 >= run.churn_sent * stable as u64)
                 || run.last_rx.elapsed() > Duration::from_secs(1)
                 || d.elapsed() > Duration::from_secs(10)

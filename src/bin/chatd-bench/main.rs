@@ -327,137 +327,65 @@ fn machine(nofile: u64) -> String {
     )
 }
 
-/// Rows: (scenario, label, JSON key, scale, decimals, higher is better?).
-const ROWS: &[(&str, &str, &str, f64, usize)] = &[
+/// Rows: (scenario, label, JSON key, decimals).
+const ROWS: &[(&str, &str, &str, usize)] = &[
     (
         "closed N=100 K=10 S=64 W=8",
         "deliveries/s",
         "deliveries_per_s",
-        1.0,
         0,
     ),
     (
         "closed N=100 K=10 S=64 W=8",
         "deliveries/server CPU-s",
         "deliveries_per_server_cpu_s",
-        1.0,
         0,
     ),
-    (
-        "closed N=100 K=10 S=64 W=8",
-        "p99 latency ms",
-        "p99_ms",
-        1.0,
-        2,
-    ),
-    ("closed N=100 K=10 S=64 W=8", "loss %", "loss_pct", 1.0, 2),
-    (
-        "closed N=100 K=10 S=64 W=8",
-        "duplicates",
-        "duplicates",
-        1.0,
-        0,
-    ),
-    ("closed N=100 K=10 S=64 W=8", "corrupt", "corrupt", 1.0, 0),
-    (
-        "open N=100 K=10 R=100/s",
-        "p50 latency ms",
-        "p50_ms",
-        1.0,
-        3,
-    ),
-    (
-        "open N=100 K=10 R=100/s",
-        "p99 latency ms",
-        "p99_ms",
-        1.0,
-        3,
-    ),
-    (
-        "open N=100 K=10 R=100/s",
-        "max latency ms",
-        "max_ms",
-        1.0,
-        3,
-    ),
-    ("open N=100 K=10 R=100/s", "loss %", "loss_pct", 1.0, 2),
+    ("closed N=100 K=10 S=64 W=8", "p99 latency ms", "p99_ms", 2),
+    ("closed N=100 K=10 S=64 W=8", "loss %", "loss_pct", 2),
+    ("closed N=100 K=10 S=64 W=8", "duplicates", "duplicates", 0),
+    ("closed N=100 K=10 S=64 W=8", "corrupt", "corrupt", 0),
+    ("open N=100 K=10 R=100/s", "p50 latency ms", "p50_ms", 3),
+    ("open N=100 K=10 R=100/s", "p99 latency ms", "p99_ms", 3),
+    ("open N=100 K=10 R=100/s", "max latency ms", "max_ms", 3),
+    ("open N=100 K=10 R=100/s", "loss %", "loss_pct", 2),
     (
         "closed N=500 K=5 S=64 W=8",
         "deliveries/s",
         "deliveries_per_s",
-        1.0,
         0,
     ),
     (
         "closed N=500 K=5 S=64 W=8",
         "deliveries/server CPU-s",
         "deliveries_per_server_cpu_s",
-        1.0,
         0,
     ),
-    ("closed N=500 K=5 S=64 W=8", "loss %", "loss_pct", 1.0, 2),
+    ("closed N=500 K=5 S=64 W=8", "loss %", "loss_pct", 2),
     (
         "churn N=100 K=10 W=8 C=10",
         "deliveries/s",
         "deliveries_per_s",
-        1.0,
         0,
     ),
-    ("churn N=100 K=10 W=8 C=10", "rejoins", "rejoins", 1.0, 0),
-    ("churn N=100 K=10 W=8 C=10", "loss %", "loss_pct", 1.0, 2),
-    (
-        "churn N=100 K=10 W=8 C=10",
-        "duplicates",
-        "duplicates",
-        1.0,
-        0,
-    ),
-    (
-        "churn N=100 K=10 W=8 C=10",
-        "self-echo",
-        "self_echo",
-        1.0,
-        0,
-    ),
-    ("storm 1000", "usable in 0.5 s", "usable_in_0_5s", 1.0, 0),
-    ("storm 1000", "usable in 3 s", "usable", 1.0, 0),
-    ("storm 1000", "refused or closed", "refused", 1.0, 0),
-    (
-        "memory N=1000",
-        "KiB/client PSS+PTE",
-        "per_client_kib",
-        1.0,
-        1,
-    ),
-    (
-        "memory N=1000",
-        "KiB/client PSS",
-        "pss_per_client_kib",
-        1.0,
-        1,
-    ),
-    (
-        "memory N=1000",
-        "KiB/client PTE",
-        "pte_per_client_kib",
-        1.0,
-        1,
-    ),
-    (
-        "crowd 4000 (100 chatting)",
-        "connected",
-        "connected",
-        1.0,
-        0,
-    ),
+    ("churn N=100 K=10 W=8 C=10", "rejoins", "rejoins", 0),
+    ("churn N=100 K=10 W=8 C=10", "loss %", "loss_pct", 2),
+    ("churn N=100 K=10 W=8 C=10", "duplicates", "duplicates", 0),
+    ("churn N=100 K=10 W=8 C=10", "self-echo", "self_echo", 0),
+    ("storm 1000", "usable in 0.5 s", "usable_in_0_5s", 0),
+    ("storm 1000", "usable in 3 s", "usable", 0),
+    ("storm 1000", "refused or closed", "refused", 0),
+    ("memory N=1000", "KiB/client PSS+PTE", "per_client_kib", 1),
+    ("memory N=1000", "KiB/client PSS", "pss_per_client_kib", 1),
+    ("memory N=1000", "KiB/client PTE", "pte_per_client_kib", 1),
+    ("crowd 4000 (100 chatting)", "connected", "connected", 0),
     (
         "crowd 4000 (100 chatting)",
         "deliveries/s",
         "deliveries_per_s",
-        1.0,
         0,
     ),
-    ("crowd 4000 (100 chatting)", "loss %", "loss_pct", 1.0, 2),
+    ("crowd 4000 (100 chatting)", "loss %", "loss_pct", 2),
 ];
 
 fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
@@ -471,11 +399,11 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
     let mut last = "";
-    for &(scenario, label, key, scale, dec) in ROWS {
+    for &(scenario, label, key, dec) in ROWS {
         let vals: Vec<Option<f64>> = results
             .iter()
             .map(|r| {
-                let mut v = r.get(scenario)?.get(key)?.as_f64()? * scale;
+                let mut v = r.get(scenario)?.get(key)?.as_f64()?;
                 if key == "refused" {
                     v += r.get(scenario)?.get("closed")?.as_f64()?;
                 }

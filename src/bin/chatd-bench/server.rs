@@ -5,6 +5,8 @@
 //! page tables of the master and every child.
 
 use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -166,8 +168,7 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let pid = child.id() as i32;
             let kids = children_of(pid);
-            // SAFETY: kill(2) on pids this process started; no memory is involved.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             let end = Instant::now() + Duration::from_secs(5);
             while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
                 std::thread::sleep(Duration::from_millis(5));
@@ -175,8 +176,8 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
             for k in kids {
-                // SAFETY: as above; the seed's children may outlive their master.
-                unsafe { libc::kill(k, libc::SIGKILL) };
+                // The seed's children may outlive their master.
+                let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
             }
         }
         if let Some(dir) = &self.dir {
@@ -230,12 +231,9 @@ fn stat_ticks(pid: i32, with_reaped: bool) -> u64 {
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a constant.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as f64
-    } else {
-        100.0
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
     }
 }
 
@@ -273,15 +271,12 @@ pub fn build_seed(dir: &Path) -> Result<PathBuf> {
 /// Raises this process's open-file limit to its hard limit (servers we
 /// start inherit it).
 pub fn raise_nofile() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur = r.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(_) => getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft),
     }
-    r.rlim_cur
 }

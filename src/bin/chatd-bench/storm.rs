@@ -50,6 +50,7 @@ fn sockaddr(addr: SocketAddr) -> SockaddrIn {
 pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let mut beacon = TcpStream::connect(server.addr)?;
+    beacon.set_nonblocking(true)?;
     wait_until(Duration::from_secs(2), || {
         server.pid.is_none() || !server.children().is_empty()
     });
@@ -152,7 +153,6 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
             }
         }
         // Keep the beacon's socket drained.
-        beacon.set_nonblocking(true)?;
         while let Ok(n) = beacon.read(&mut buf) {
             if n == 0 {
                 break;
