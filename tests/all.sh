@@ -24,13 +24,18 @@ fi
 if [ "$(id -u)" = 0 ]; then export CHATD_TESTS_AS_ROOT=1; fi
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 cargo clippy --all-targets -- -D warnings
+cargo clippy --manifest-path tests/fuzz/Cargo.toml --target-dir target/fuzz/clippy -- -D warnings
 cargo clippy --all-targets --features fault-injection -- -D warnings
 # The release binary (no test hooks): tests/confinement.rs checks it has no
 # fault hook. Then every test, with the fault hook compiled in.
 cargo build --release --locked
 export CHATD_RELEASE_BIN="$PWD/target/release/chatd"
 cargo test --all-targets --features fault-injection --locked
+
+# Fuzzing: every target in tests/fuzz for CHATD_FUZZ_SECS (default 60) each.
+bash tests/fuzz.sh
 
 # The Debian package: built with cargo-deb, checked by lintian and
 # systemd-analyze (verify, security exposure <= 0.9).

@@ -14,6 +14,7 @@ pub mod confine;
 pub mod listen;
 pub mod notify;
 pub mod relay;
+pub mod request;
 pub mod spawn;
 
 use crate::config::Config;

@@ -15,12 +15,13 @@
 //! TCP pushes back, nothing is dropped. A reader that holds the log up for
 //! longer than `stall_timeout` is evicted ("SendQ exceeded").
 
+use super::request::{validate, Request};
 use super::Master;
 use crate::config::MAX_LINE_LIMIT;
 use crate::ipc;
-use crate::protocol::{nick, sanitize, ERR, NOTICE};
+use crate::protocol::{ERR, NOTICE};
 use crate::shm::log::LogWriter;
-use crate::shm::ring::{Corrupt, Kind, RingReader};
+use crate::shm::ring::{Corrupt, RingReader};
 use crate::shm::{Region, LOG_BYTES};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -88,18 +89,6 @@ impl Relay {
         }
         true
     }
-}
-
-/// What one ring entry asked for, once validated.
-enum Request {
-    /// A chat line, or with `action` a `/me` line.
-    Line {
-        action: bool,
-        text: Vec<u8>,
-    },
-    Nick(String),
-    Who,
-    Quit(String),
 }
 
 impl Master {
@@ -378,31 +367,4 @@ impl Master {
             }
         }
     }
-}
-
-/// Validates a ring entry as untrusted input.
-fn validate(kind: Kind, payload: &[u8]) -> Result<Request, Corrupt> {
-    let text = || -> Result<&str, Corrupt> {
-        if payload.len() > MAX_LINE_LIMIT {
-            return Err(Corrupt("line too long"));
-        }
-        sanitize::check(payload).map_err(|_| Corrupt("unsanitised text"))
-    };
-    Ok(match kind {
-        Kind::Chat => Request::Line {
-            action: false,
-            text: text()?.as_bytes().to_vec(),
-        },
-        Kind::Me => Request::Line {
-            action: true,
-            text: text()?.as_bytes().to_vec(),
-        },
-        Kind::Nick => {
-            let n = text()?;
-            nick::validate(n).map_err(|_| Corrupt("invalid nick"))?;
-            Request::Nick(n.to_string())
-        }
-        Kind::Who => Request::Who,
-        Kind::Quit => Request::Quit(text()?.to_string()),
-    })
 }
