@@ -54,6 +54,9 @@ pub struct Config {
     pub stall_timeout: f64,
     /// Seconds of idleness before TCP keepalive probes; 0 disables them.
     pub keepalive: u32,
+    /// Seconds a line may take to arrive, from its first byte to its end of
+    /// line; a slower client is disconnected ("line timeout"). 0 disables.
+    pub line_timeout: f64,
     /// Name shown in the greeting.
     pub server_name: String,
     /// Message of the day, shown after the greeting (may span lines).
@@ -81,6 +84,7 @@ impl Default for Config {
             max_sendq: 256 * 1024,
             stall_timeout: 2.0,
             keepalive: 60,
+            line_timeout: 60.0,
             server_name: "chatd".to_string(),
             motd: String::new(),
             user: "chatd".to_string(),
@@ -208,6 +212,15 @@ impl Config {
             return Err((
                 "stall_timeout",
                 "must be between 0.01 and 3600 seconds".into(),
+            ));
+        }
+        if self.keepalive > 32767 {
+            return Err(("keepalive", "must be between 0 and 32767 seconds".into()));
+        }
+        if !(self.line_timeout.is_finite() && (0.0..=86400.0).contains(&self.line_timeout)) {
+            return Err((
+                "line_timeout",
+                "must be between 0 and 86400 seconds (0 disables)".into(),
             ));
         }
         if !(4096..=64 * 1024 * 1024).contains(&self.max_sendq) {

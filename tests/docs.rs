@@ -12,6 +12,7 @@ const KEYS: &[&str] = &[
     "max_sendq",
     "stall_timeout",
     "keepalive",
+    "line_timeout",
     "shutdown_timeout",
     "server_name",
     "motd",

@@ -116,3 +116,275 @@ fn a_stopped_child_delays_only_its_own_client() {
     );
     assert_eq!(srv.children().len(), 3);
 }
+
+/// Slowloris: one byte per second, forever, no end of line. With
+/// `line_timeout = 2` the trickler gets `! line timeout` and is closed
+/// (a disconnect event with reason "line timeout") while two others chat
+/// without loss; a slow typist whose every line takes less than the limit
+/// stays, even when its lines add up to more.
+#[test]
+fn slowloris_is_cut_off_by_the_line_timeout() {
+    let srv = Server::start(&[("line_timeout", "2.0")]);
+    let (mut a, _) = srv.join();
+    let (mut b, _) = srv.join();
+    let (mut slow, slow_nick) = srv.join();
+    let (mut typist, typist_nick) = srv.join();
+    for _ in 0..3 {
+        a.expect("joined");
+    }
+    let mut trickle = slow.stream.try_clone().unwrap();
+    let loris = std::thread::spawn(move || {
+        // One byte per second until the server closes the connection.
+        let t0 = std::time::Instant::now();
+        while trickle.write_all(b"x").is_ok() && t0.elapsed() < TIMEOUT {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        t0.elapsed()
+    });
+    let mut typed = typist.stream.try_clone().unwrap();
+    let typing = std::thread::spawn(move || {
+        // Two lines of 1.5 s each: 3 s in all, each under the limit.
+        for word in ["slow", "typist"] {
+            for byte in word.bytes() {
+                typed.write_all(&[byte]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1500 / word.len() as u64));
+            }
+            typed.write_all(b"\n").unwrap();
+        }
+    });
+    // Chat paced at 50 lines/s, so that the two non-reading clients stay
+    // far below max_sendq.
+    let mut i = 0;
+    let mut seen = Vec::new();
+    let mut until = |b: &mut common::Client, needle: &str| loop {
+        let l = b.read_line().expect("b still connected");
+        let done = l.contains(needle);
+        seen.push(l);
+        if done {
+            break;
+        }
+    };
+    while !loris.is_finished() {
+        a.send(&format!("a says {i}\n"));
+        until(&mut b, &format!("a says {i}"));
+        i += 1;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let lasted = loris.join().unwrap();
+    typing.join().unwrap();
+    assert!(lasted < TIMEOUT, "the trickler was never cut off");
+    let bye = slow.read_to_eof();
+    assert!(
+        bye.iter().any(|l| l.starts_with("! line timeout")),
+        "{bye:?}"
+    );
+    let ev = srv.wait_log("reason=line timeout");
+    assert!(ev.contains("event=\"disconnect\""), "{ev}");
+    typist.send("still here\n");
+    until(&mut b, "still here");
+    let chat_of = |who: &str| -> Vec<&String> {
+        seen.iter()
+            .filter(|l| l.starts_with(&format!("<{who}>")))
+            .collect()
+    };
+    assert!(chat_of(&slow_nick).is_empty(), "the trickle was forwarded");
+    let left: Vec<_> = seen.iter().filter(|l| l.contains(" left ")).collect();
+    assert_eq!(left, [&format!("* {slow_nick} left (line timeout)")]);
+    let want = ["slow", "typist", "still here"].map(|t| format!("<{typist_nick}> {t}"));
+    assert_eq!(chat_of(&typist_nick), want.iter().collect::<Vec<_>>());
+    let a_lines = seen.iter().filter(|l| l.starts_with("<guest-")).count();
+    assert_eq!(a_lines, i + 3, "every line of a and the typist, once");
+    wait_for(TIMEOUT, || (srv.children().len() == 3).then_some(())).expect("slot freed");
+}
+
+/// A throwaway network namespace joined to the host by a veth pair: a peer
+/// on the far side can vanish without FIN or RST.
+struct FarSide {
+    ns: String,
+    host_if: String,
+    far_if: String,
+    host_ip: String,
+}
+
+impl FarSide {
+    fn new() -> FarSide {
+        let id = std::process::id() % 100_000;
+        let net = id % 250;
+        let f = FarSide {
+            ns: format!("chatd-ho-{id}"),
+            host_if: format!("cho{id}a"),
+            far_if: format!("cho{id}b"),
+            host_ip: format!("10.213.{net}.1"),
+        };
+        let far_ip = format!("10.213.{net}.2/30");
+        let host_cidr = format!("{}/30", f.host_ip);
+        for args in [
+            vec!["netns", "add", &f.ns],
+            vec![
+                "link", "add", &f.host_if, "type", "veth", "peer", "name", &f.far_if,
+            ],
+            vec!["link", "set", &f.far_if, "netns", &f.ns],
+            vec!["addr", "add", &host_cidr, "dev", &f.host_if],
+            vec!["link", "set", &f.host_if, "up"],
+            vec!["-n", &f.ns, "addr", "add", &far_ip, "dev", &f.far_if],
+            vec!["-n", &f.ns, "link", "set", &f.far_if, "up"],
+            vec!["-n", &f.ns, "link", "set", "lo", "up"],
+        ] {
+            f.ip(&args);
+        }
+        f
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip {args:?} failed");
+    }
+
+    /// Connects from inside the namespace (setns in a thread of its own).
+    fn connect(&self, addr: std::net::SocketAddr) -> TcpStream {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).expect("netns");
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            TcpStream::connect(addr).expect("connect from the namespace")
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The far side goes silent: nothing it sends reaches the host any more
+    /// (a blackhole route), as when a host dies or a cable is pulled; what
+    /// the host sends still arrives and is never answered.
+    fn vanish(&self) {
+        self.ip(&["-n", &self.ns, "route", "add", "blackhole", &self.host_ip]);
+    }
+
+    fn reappear(&self) {
+        self.ip(&["-n", &self.ns, "route", "del", "blackhole", &self.host_ip]);
+    }
+}
+
+impl Drop for FarSide {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+/// Half-open connections: two peers vanish without FIN or RST, one idle,
+/// one while output to it is flowing. keepalive = 1 s: both are dropped as
+/// "connection timed out" within seconds (keepalive probes; unacknowledged
+/// data), with disconnect events; the others lose nothing; no child or fd
+/// is left behind.
+#[test]
+fn half_open_peers_are_dropped() {
+    if !common::have_root("half_open_peers_are_dropped") {
+        return;
+    }
+    let far = FarSide::new();
+    let listen = format!("[\"{}:0\"]", far.host_ip);
+    let srv = Server::start(&[("listen", &listen), ("keepalive", "1")]);
+    let (mut a, _) = srv.join();
+    let (mut b, _) = srv.join();
+    a.expect("joined");
+    let fds = srv.fd_count();
+    let mut gone = common::Client::from_stream(far.connect(srv.addr));
+    gone.greeting();
+    let gone_nick = a
+        .expect("joined")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    b.expect(&format!("{gone_nick} joined"));
+    a.send("before\n");
+    gone.expect("before");
+    far.vanish();
+    let t0 = std::time::Instant::now();
+    // Output flows to the vanished peer while a and b chat.
+    for i in 0..300 {
+        a.send(&format!("line {i}\n"));
+        b.expect(&format!("line {i}"));
+    }
+    let left = b.expect(&format!("{gone_nick} left"));
+    assert!(left.ends_with("(connection timed out)"), "{left}");
+    let took = t0.elapsed();
+    let ev = srv.wait_log(&format!("nick={gone_nick} reason=connection timed out"));
+    assert!(ev.contains("event=\"disconnect\""), "{ev}");
+    wait_for(TIMEOUT, || (srv.children().len() == 2).then_some(())).expect("child gone");
+    wait_for(TIMEOUT, || (srv.fd_count() == fds).then_some(()))
+        .unwrap_or_else(|| panic!("master fds {} != {fds} before", srv.fd_count()));
+    // An idle one: nothing is sent to it after it vanishes.
+    far.reappear();
+    drop(gone);
+    let far2 = far.connect(srv.addr);
+    let mut idle = common::Client::from_stream(far2);
+    idle.greeting();
+    let idle_nick = a
+        .expect("joined")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    b.expect(&format!("{idle_nick} joined"));
+    far.vanish();
+    let left = b.expect(&format!("{idle_nick} left"));
+    assert!(left.ends_with("(connection timed out)"), "{left}");
+    a.send("after\n");
+    b.expect("after");
+    wait_for(TIMEOUT, || (srv.children().len() == 2).then_some(())).expect("child gone");
+    eprintln!("vanished peer with output flowing dropped after {took:?}");
+}
+
+/// The master reaches RLIMIT_NOFILE: every connection past it gets
+/// `! server busy, try again later` and is closed (event "refused", reason
+/// "out of file descriptors"), nobody hangs in the backlog, the admitted
+/// clients keep chatting, and once fds are free again clients get in.
+#[test]
+fn master_out_of_fds_refuses_with_a_line() {
+    // Room for a few clients: each keeps one fd in the master and needs
+    // three (stream, socket pair) while it is forked.
+    let srv = Server::start_limited("--nofile=28:28", &[]);
+    let (mut a, _) = srv.join();
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        let mut c = srv.connect();
+        let first = c.read_line().expect("an answer, not silence");
+        if first.contains("Welcome") {
+            admitted.push(c);
+        } else {
+            assert_eq!(first, "! server busy, try again later");
+            assert!(c.is_closed());
+            refused += 1;
+        }
+    }
+    assert!(
+        !admitted.is_empty() && refused > 0,
+        "{} admitted",
+        admitted.len()
+    );
+    eprintln!("{} admitted, {refused} refused", admitted.len());
+    let ev = srv.wait_log("reason=\"out of file descriptors\"");
+    assert!(ev.contains("event=\"refused\""), "{ev}");
+    a.send("still chatting\n");
+    for c in &mut admitted {
+        c.expect("still chatting");
+    }
+    // Free the fds: the admitted clients leave; a new one gets in.
+    let n = admitted.len();
+    drop(admitted);
+    srv.wait_log_n("event=\"disconnect\"", n);
+    let (mut b, b_nick) = srv.join();
+    a.expect(&format!("{b_nick} joined"));
+    b.send("back\n");
+    a.expect("back");
+    assert!(srv.child.id() > 0 && common::pid_alive(srv.pid()));
+}

@@ -40,6 +40,8 @@ pub struct Spec {
     pub max_sendq: usize,
     pub flood_burst: u32,
     pub flood_rate: f64,
+    /// Longest time a line may take to arrive (slowloris); None: no limit.
+    pub line_timeout: Option<Duration>,
 }
 
 /// Longest `/quit` reason forwarded.
@@ -59,6 +61,8 @@ enum Exit {
     Closed(&'static str),
     /// The client stopped reading and its queue overflowed.
     SendQ,
+    /// A line took longer than `line_timeout` to arrive.
+    LineTimeout,
     /// The master asked us to close (kick or shutdown); text is queued.
     ClosedByMaster,
     /// The master is gone or the shared state is unusable.
@@ -78,6 +82,8 @@ struct Child {
     last_flood_notice: Option<Instant>,
     sendq: Vec<u8>,
     sent: usize,
+    /// When the line being received began (see `Spec::line_timeout`).
+    partial_since: Option<Instant>,
     spec: Spec,
     client_eof: bool,
     readable: bool,
@@ -97,6 +103,7 @@ pub fn run(region: &'static Region, spec: Spec, client: TcpStream, ctl: OwnedFd)
         last_flood_notice: None,
         sendq: Vec::with_capacity(4096),
         sent: 0,
+        partial_since: None,
         client_eof: false,
         readable: true,
         writable: true,
@@ -132,6 +139,9 @@ impl Child {
                 return e;
             }
             if let Some(e) = self.handle_lines() {
+                return e;
+            }
+            if let Some(e) = self.check_line_timeout() {
                 return e;
             }
             if self.ring.publish() {
@@ -191,6 +201,26 @@ impl Child {
             Err(e) => return Err(Exit::Closed(io_reason(&e))),
         }
         Ok(())
+    }
+
+    /// Starts or stops the clock of a line being received, and ends a client
+    /// whose line has taken longer than `line_timeout` (slowloris).
+    fn check_line_timeout(&mut self) -> Option<Exit> {
+        let limit = self.spec.line_timeout?;
+        if !self.lines.in_partial_line() {
+            self.partial_since = None;
+            return None;
+        }
+        let now = Instant::now();
+        let since = *self.partial_since.get_or_insert(now);
+        (now - since >= limit).then_some(Exit::LineTimeout)
+    }
+
+    /// How long the child may sleep before the line timeout expires.
+    fn line_deadline(&self) -> Option<Duration> {
+        let since = self.partial_since?;
+        let limit = self.spec.line_timeout?;
+        Some((since + limit).saturating_duration_since(Instant::now()))
     }
 
     /// Whether the next line may be processed now (ring room, flood tokens).
@@ -340,9 +370,12 @@ impl Child {
         if self.sent < self.sendq.len() {
             client_ev |= PollFlags::POLLOUT;
         }
-        let timeout = match self.flood.wait() {
-            d if d.is_zero() => PollTimeout::NONE,
-            d => PollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
+        let flood = Some(self.flood.wait()).filter(|d| !d.is_zero());
+        let timeout = match [flood, self.line_deadline()].into_iter().flatten().min() {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                PollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+            }
         };
         // Announce the sleep, then re-check the log (see ARCHITECTURE.md,
         // "wake-ups"): the master reads `sleep_seq` after publishing.
@@ -390,6 +423,15 @@ impl Child {
                     "SendQ exceeded".to_string(),
                     Some(format!(
                         "{ERR}SendQ exceeded: you were not reading; disconnecting\n"
+                    )),
+                )
+            }
+            Exit::LineTimeout => {
+                let secs = self.spec.line_timeout.unwrap_or_default().as_secs_f64();
+                (
+                    "line timeout".to_string(),
+                    Some(format!(
+                        "{ERR}line timeout: no end of line within {secs} s; disconnecting\n"
                     )),
                 )
             }
@@ -473,6 +515,9 @@ fn io_reason(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::ETIMEDOUT) => "connection timed out",
         Some(libc::ECONNRESET) | Some(libc::EPIPE) => "connection reset",
+        Some(libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EHOSTDOWN | libc::ENETDOWN) => {
+            "peer unreachable"
+        }
         _ => "connection error",
     }
 }

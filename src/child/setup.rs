@@ -130,12 +130,14 @@ fn reset_signals() -> nix::Result<()> {
 }
 
 /// Moves the two fds to 3 and 4, closes everything above, and stdin and
-/// stdout (stderr stays for the panic line).
+/// stdout (stderr stays for the panic line). Closes first, so that it
+/// works even when the master's fd table was full at fork.
 fn arrange_fds(client: OwnedFd, ctl: OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (c, k) = (client.into_raw_fd(), ctl.into_raw_fd());
-    // Park both above any fd we are about to overwrite, then place them.
-    let c2 = dup_above(c, 16)?;
-    let k2 = dup_above(k, 16)?;
+    close_all_but(&[2, c, k])?;
+    // Park both above 4, then place them (either may sit on 3 or 4).
+    let c2 = dup_above(c, CTL_FD + 1)?;
+    let k2 = dup_above(k, CTL_FD + 1)?;
     // SAFETY: plain fd syscalls on fds this process owns; the Rust wrappers
     // for the originals were consumed above, so nothing else refers to them.
     unsafe {
@@ -147,13 +149,35 @@ fn arrange_fds(client: OwnedFd, ctl: OwnedFd) -> std::io::Result<(OwnedFd, Owned
         if libc::close_range((CTL_FD + 1) as u32, u32::MAX, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        libc::close(0);
-        libc::close(1);
         Ok((
             OwnedFd::from_raw_fd(CLIENT_FD),
             OwnedFd::from_raw_fd(CTL_FD),
         ))
     }
+}
+
+/// Closes every fd not in `keep`.
+fn close_all_but(keep: &[RawFd]) -> std::io::Result<()> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut from = 0u32;
+    for &fd in &keep {
+        let fd = fd as u32;
+        if fd > from {
+            close_range(from, fd - 1)?;
+        }
+        from = from.max(fd + 1);
+    }
+    close_range(from, u32::MAX)
+}
+
+fn close_range(first: u32, last: u32) -> std::io::Result<()> {
+    // SAFETY: closes fds of this process only; the caller owns none of them
+    // through a Rust wrapper (they are the master's, inherited by fork).
+    if unsafe { libc::close_range(first, last, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn dup_above(fd: RawFd, min: RawFd) -> std::io::Result<RawFd> {

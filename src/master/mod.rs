@@ -64,6 +64,11 @@ pub struct Master {
     signals: SignalFd,
     timer: TimerFd,
     timer_fast: bool,
+    /// A spare fd, closed for a moment to refuse a client with a line when
+    /// the fd limit is reached (see `spawn::shed_one`).
+    reserve_fd: Option<std::os::fd::OwnedFd>,
+    /// Listeners are not polled until then (accept failed for resources).
+    accept_paused_until: Option<Instant>,
     clients: Clients,
     relay: Relay,
     stats: Stats,
@@ -139,6 +144,8 @@ impl Master {
             signals,
             timer,
             timer_fast: true,
+            reserve_fd: None,
+            accept_paused_until: None,
             stats: Stats::default(),
             pid: nix::unistd::getpid(),
             shutdown_at: None,
@@ -150,6 +157,7 @@ impl Master {
             child_filter: confined.child_filter,
         };
         m.set_timer(false)?;
+        m.reserve_fd = Some(m.timer.as_fd().try_clone_to_owned().context("reserve fd")?);
         Ok(m)
     }
 
@@ -435,8 +443,11 @@ impl Master {
             }
         }
         self.relay_check_stall(now);
+        self.resume_accepting(now);
         self.notify_tick(now);
-        let fast = self.shutdown_at.is_some() || self.relay.is_blocked();
+        let fast = self.shutdown_at.is_some()
+            || self.relay.is_blocked()
+            || self.accept_paused_until.is_some();
         if fast != self.timer_fast {
             let _ = self.set_timer(fast);
         }

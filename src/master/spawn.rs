@@ -15,8 +15,9 @@ use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag,
 use nix::unistd::{fork, ForkResult};
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
 use tracing::{error, info, warn};
 
 /// Accepts at most this many connections per listener event, so that a
@@ -24,6 +25,10 @@ use tracing::{error, info, warn};
 const ACCEPT_BATCH: usize = 128;
 /// Kernel send buffer per client: bounds memory per slow client.
 const CLIENT_SNDBUF: usize = 64 * 1024;
+/// How long accepting stops after accept fails for want of resources.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Unanswered keepalive probes before a silent peer counts as gone.
+const KEEPALIVE_PROBES: u32 = 3;
 
 impl Master {
     pub(super) fn accept_all(&mut self, idx: usize) {
@@ -35,13 +40,61 @@ impl Master {
                 Ok((stream, peer)) => self.admit(stream, peer),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if !self.shed_one(idx) {
+                        return self.pause_accepting(&e);
+                    }
+                }
                 Err(e) => {
-                    // EMFILE/ENFILE/ENOBUFS: leave the connection in the backlog
-                    // and retry on the next tick rather than spin.
-                    error!(event = "accept_failed", error = %e, "accept failed: {e}");
-                    return;
+                    // ENOBUFS, ENOMEM and the like: leave the connection in
+                    // the backlog and retry shortly rather than spin.
+                    return self.pause_accepting(&e);
                 }
             }
+        }
+    }
+
+    /// Out of file descriptors: frees the reserve fd for a moment to accept
+    /// one waiting connection and refuse it with a line, so that clients
+    /// get an answer instead of hanging in the backlog. False if that failed.
+    fn shed_one(&mut self, idx: usize) -> bool {
+        let Some(spare) = self.reserve_fd.take() else {
+            return false;
+        };
+        drop(spare);
+        if let Ok((stream, peer)) = self.listeners[idx].accept() {
+            // `refuse` closes the stream, so the reserve can be taken again.
+            self.refuse(
+                stream,
+                peer,
+                "out of file descriptors",
+                "server busy, try again later",
+            );
+        }
+        self.reserve_fd = self.timer.as_fd().try_clone_to_owned().ok();
+        self.reserve_fd.is_some()
+    }
+
+    /// Stops polling the listeners for [`ACCEPT_PAUSE`], after logging why.
+    fn pause_accepting(&mut self, e: &std::io::Error) {
+        error!(event = "accept_failed", error = %e, "accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
+        for l in &self.listeners {
+            let _ = self
+                .epoll
+                .modify(l, &mut EpollEvent::new(EpollFlags::empty(), 0));
+        }
+        self.accept_paused_until = Some(std::time::Instant::now() + ACCEPT_PAUSE);
+    }
+
+    /// Polls the listeners again once the pause is over (from the tick).
+    pub(super) fn resume_accepting(&mut self, now: std::time::Instant) {
+        if self.accept_paused_until.is_none_or(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        for (i, l) in self.listeners.iter().enumerate() {
+            let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, super::TOKEN_LISTEN + i as u64);
+            let _ = self.epoll.modify(l, &mut ev);
         }
     }
 
@@ -60,10 +113,16 @@ impl Master {
         let Some(slot) = self.clients.take_slot() else {
             return self.refuse(stream, peer, "server full", "server full, try again later");
         };
-        if let Err(e) = self.fork_child(slot, stream, peer) {
+        if let Err((e, stream)) = self.fork_child(slot, stream, peer) {
             self.clients.return_slot(slot);
             error!(event = "fork_failed", peer = %peer, error = %e, "cannot start a child for {peer}: {e}");
-            self.stats.refused += 1;
+            let reason = match e.downcast_ref::<nix::errno::Errno>() {
+                Some(nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE) => {
+                    "out of file descriptors"
+                }
+                _ => "cannot start a child",
+            };
+            self.refuse(stream, peer, reason, "server busy, try again later");
         }
     }
 
@@ -81,26 +140,42 @@ impl Master {
         setsockopt(stream, sockopt::SndBuf, &CLIENT_SNDBUF)?;
         if self.cfg.keepalive > 0 {
             setsockopt(stream, sockopt::KeepAlive, &true)?;
-            setsockopt(stream, sockopt::TcpKeepIdle, &self.cfg.keepalive)?;
-            setsockopt(stream, sockopt::TcpKeepInterval, &10)?;
-            setsockopt(stream, sockopt::TcpKeepCount, &3)?;
+            // A vanished peer (no FIN, no RST) is dropped after `keepalive`
+            // idle seconds plus 3 unanswered probes; TCP_USER_TIMEOUT gives
+            // the same bound when data to it stays unacknowledged.
+            let idle = self.cfg.keepalive;
+            let interval = idle.min(10);
+            setsockopt(stream, sockopt::TcpKeepIdle, &idle)?;
+            setsockopt(stream, sockopt::TcpKeepInterval, &interval)?;
+            setsockopt(stream, sockopt::TcpKeepCount, &KEEPALIVE_PROBES)?;
+            let give_up_ms = (idle + interval * KEEPALIVE_PROBES).saturating_mul(1000);
+            setsockopt(stream, sockopt::TcpUserTimeout, &give_up_ms)?;
         }
         Ok(())
     }
 
+    /// Forks the child for a client in `slot`. On failure (no fds, no
+    /// processes left) nothing was started and the stream comes back, so
+    /// that the client can be told.
     fn fork_child(
         &mut self,
         slot: usize,
         stream: TcpStream,
         peer: SocketAddr,
-    ) -> anyhow::Result<()> {
-        self.configure_socket(&stream)?;
-        let (mine, theirs) = socketpair(
+    ) -> Result<(), (anyhow::Error, TcpStream)> {
+        if let Err(e) = self.configure_socket(&stream) {
+            return Err((e.into(), stream));
+        }
+        let pair = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        )?;
+        );
+        let (mine, theirs) = match pair {
+            Ok(p) => p,
+            Err(e) => return Err((e.into(), stream)),
+        };
         let ctl = self.region.control(slot);
         let gen = ctl.gen.load(SeqCst).wrapping_add(1) & 0xffff_ffff;
         let id = gen << 32 | slot as u64;
@@ -127,12 +202,18 @@ impl Master {
             max_sendq: self.cfg.max_sendq,
             flood_burst: self.cfg.flood_burst,
             flood_rate: self.cfg.flood_rate,
+            line_timeout: (self.cfg.line_timeout > 0.0)
+                .then(|| Duration::from_secs_f64(self.cfg.line_timeout)),
         };
         // SAFETY: the master is single-threaded, so the child gets a
         // consistent copy of all state; the child only runs `child::setup`
         // and `child::run` and leaves through `_exit`, never returning into
         // the master's code.
-        match unsafe { fork() }? {
+        let forked = match unsafe { fork() } {
+            Ok(f) => f,
+            Err(e) => return Err((e.into(), stream)),
+        };
+        match forked {
             ForkResult::Child => {
                 let mut spec = spec;
                 let jail = child::setup::Jail {
@@ -150,10 +231,17 @@ impl Master {
             ForkResult::Parent { child: pid } => {
                 drop(theirs);
                 drop(stream);
-                self.epoll
-                    .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id))?;
-                self.clients
-                    .insert(new_client(slot, id, serial, pid, peer, nick.clone(), mine));
+                let watched = self
+                    .epoll
+                    .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id));
+                let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), mine);
+                if let Err(e) = watched {
+                    // The child cannot be heard: end it; the reaper cleans up.
+                    error!(event = "fork_failed", peer = %peer, error = %e, "cannot watch the child for {peer}: {e}");
+                    c.ctl_open = false;
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+                self.clients.insert(c);
                 self.stats.connects += 1;
                 info!(
                     event = "connect",

@@ -58,6 +58,14 @@ impl LineReader {
         self.end - self.start
     }
 
+    /// Whether a line has begun and not ended: bytes without a newline are
+    /// buffered, or the rest of an over-long line is being skipped. False
+    /// while a complete line waits.
+    pub fn in_partial_line(&self) -> bool {
+        let data = &self.buf[self.start..self.end];
+        (self.discarding || !data.is_empty()) && !data.contains(&b'\n')
+    }
+
     /// Whether [`LineReader::next_line`] would return something now.
     pub fn has_line(&self) -> bool {
         let data = &self.buf[self.start..self.end];

@@ -457,3 +457,20 @@ impl Server {
         (Server::spawn(cmd, dir, path.clone()), path)
     }
 }
+
+impl Server {
+    /// Starts chatd (test defaults plus `overrides`) under util-linux's
+    /// prlimit, e.g. `limit = "--nofile=24:24"`: the limits it starts with.
+    pub fn start_limited(limit: &str, overrides: &[(&str, &str)]) -> Server {
+        let mut cfg = base_config();
+        for (k, v) in overrides {
+            cfg.insert(k.to_string(), v.to_string());
+        }
+        let dir = TempDir::new();
+        let config_path = dir.0.join("chatd.toml");
+        std::fs::write(&config_path, render(&cfg)).unwrap();
+        let mut cmd = Command::new("prlimit");
+        cmd.args([limit, "--", BIN, "--config"]).arg(&config_path);
+        Server::spawn(cmd, dir, config_path)
+    }
+}
