@@ -336,11 +336,14 @@ fn debian_package_on_real_systemd() {
             && field(v, "CHATD_REASON").contains("SIGKILL")
     });
 
-    step(7, "kill -9 of the master: no orphans; systemd restarts it");
+    step(7, "kill -9 of the master: no orphans; systemd restarts it; a client that connected meanwhile is served");
     let before = ct.chatd_pids();
     assert_eq!(before.len(), 3, "master and two children: {before:?}");
     let restarts: u32 = ct.prop("chatd.service", "NRestarts").parse().unwrap();
     ct.sh(&format!("kill -9 {master2}"));
+    // Connected while no master runs (RestartSec=1s): the connection waits
+    // in chatd.socket's backlog and the new master takes it.
+    let mut waiting = Client::connect(addr);
     assert!(
         x.is_closed() && y.is_closed(),
         "clients of the killed master are closed"
@@ -358,8 +361,12 @@ fn debian_package_on_real_systemd() {
     })
     .expect("systemd restarted chatd (Restart=on-failure)");
     assert!(!before.contains(&master3));
+    let w_nick = waiting.greeting();
     let mut p = Client::connect(addr);
-    p.greeting();
+    let p_nick = p.greeting();
+    waiting.expect(&format!("{p_nick} joined"));
+    waiting.send("made it\n");
+    p.expect(&format!("<{w_nick}> made it"));
     eprintln!("  restarted master pid {master3}");
 
     step(8, "systemctl stop: clients are told; no chatd process left");

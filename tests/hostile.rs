@@ -388,3 +388,209 @@ fn master_out_of_fds_refuses_with_a_line() {
     a.expect("back");
     assert!(srv.child.id() > 0 && common::pid_alive(srv.pid()));
 }
+
+/// Reads a client's lines on a thread until every sender in `senders`
+/// (other than `me`) has said `done`; returns the lines.
+fn collect_until_done(
+    mut c: common::Client,
+    me: String,
+    senders: Vec<String>,
+) -> std::thread::JoinHandle<(common::Client, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut waiting: std::collections::HashSet<String> =
+            senders.into_iter().filter(|s| *s != me).collect();
+        let mut lines = Vec::new();
+        while !waiting.is_empty() {
+            let l = c
+                .read_line()
+                .unwrap_or_else(|| panic!("{me} was disconnected"));
+            if let Some(who) = l.strip_suffix("> done").and_then(|l| l.strip_prefix('<')) {
+                waiting.remove(who);
+            }
+            lines.push(l);
+        }
+        (c, lines)
+    })
+}
+
+/// Chaos under load: 100 clients, 10 of them sending 200 lines each while
+/// 20 others have their children killed with SIGKILL one after another.
+/// Every survivor gets every line of every other sender exactly once and
+/// in order, and one "left (killed by SIGKILL)" per victim; afterwards no
+/// zombie, no leaked fd, and every slot is reusable (max_clients = 100:
+/// 20 newcomers all get in).
+#[test]
+fn kill_children_at_random_under_load() {
+    let srv = Server::start(&[("max_clients", "100")]);
+    let base_fds = srv.fd_count();
+    let mut joined: Vec<(common::Client, String)> = (0..100).map(|_| srv.join()).collect();
+    // Victims are every fifth client, spread through the slots.
+    let mut victims = Vec::new();
+    let mut survivors = Vec::new();
+    for (i, (c, nick)) in joined.drain(..).enumerate() {
+        if i % 5 == 2 {
+            victims.push((c, nick));
+        } else {
+            survivors.push((c, nick));
+        }
+    }
+    let victim_pids: Vec<i32> = victims
+        .iter()
+        .map(|(_, nick)| {
+            let ev = srv
+                .log_lines()
+                .into_iter()
+                .find(|l| l.contains("event=\"connect\"") && l.ends_with(&format!("nick={nick}")))
+                .expect("connect event");
+            ev.split_whitespace()
+                .find_map(|w| w.strip_prefix("pid="))
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let senders: Vec<String> = survivors.iter().take(10).map(|(_, n)| n.clone()).collect();
+    let mut writers = Vec::new();
+    let mut readers = Vec::new();
+    for (c, nick) in survivors {
+        if senders.contains(&nick) {
+            writers.push((c.stream.try_clone().unwrap(), nick.clone()));
+        }
+        readers.push((nick.clone(), collect_until_done(c, nick, senders.clone())));
+    }
+    let mut kills = victim_pids.iter();
+    for i in 0..200 {
+        for (w, _) in &mut writers {
+            w.write_all(format!("m {i}\n").as_bytes()).unwrap();
+        }
+        if i % 10 == 5 {
+            let pid = *kills.next().unwrap();
+            let pid = nix::unistd::Pid::from_raw(pid);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        }
+    }
+    for (w, _) in &mut writers {
+        w.write_all(b"done\n").unwrap();
+    }
+    let mut survivors = Vec::new();
+    for (me, r) in readers {
+        let (c, lines) = r.join().unwrap();
+        for s in senders.iter().filter(|s| **s != me) {
+            let prefix = format!("<{s}> m ");
+            let got: Vec<u32> = lines
+                .iter()
+                .filter_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+                .collect();
+            assert_eq!(got, (0..200).collect::<Vec<_>>(), "{me} from {s}");
+        }
+        survivors.push(c);
+    }
+    srv.wait_log_n("reason=killed by SIGKILL duration_s", 20);
+    let c = &mut survivors[0];
+    wait_for(TIMEOUT, || {
+        c.send("/who\n");
+        c.expect("online:")
+            .starts_with("* 80 online:")
+            .then_some(())
+    })
+    .expect("80 users online");
+    for (c, _) in &mut victims {
+        assert!(c.is_closed());
+    }
+    wait_for(TIMEOUT, || (srv.children().len() == 80).then_some(())).expect("victims reaped");
+    for pid in srv.children() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
+        assert_ne!(state, Some(Some('Z')), "zombie child {pid}");
+    }
+    assert_eq!(
+        srv.fd_count(),
+        base_fds + 80,
+        "one control fd per live client"
+    );
+    // Every freed slot is usable: 20 newcomers fill the server exactly.
+    let newcomers: Vec<_> = (0..20).map(|_| srv.join()).collect();
+    let mut extra = srv.connect();
+    assert_eq!(extra.read_line().unwrap(), "! server full, try again later");
+    drop(newcomers);
+}
+
+/// Connects to `to` from the local address `from` (any 127.x.y.z works on
+/// loopback), so that one test can be several client hosts.
+fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )
+    .unwrap();
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).unwrap();
+    TcpStream::from(fd)
+}
+
+/// A connect storm past max_per_ip and max_clients: 5 hosts open 30
+/// connections each at once against max_clients = 40, max_per_ip = 10.
+/// Every connection gets exactly one answer: the greeting, or one of the
+/// two refusal lines and a close; no host gets more than 10 places, the
+/// server fills exactly; each refusal is logged; the admitted all chat.
+#[test]
+fn connect_storm_past_max_clients_and_max_per_ip() {
+    let srv = Server::start(&[("max_clients", "40"), ("max_per_ip", "10")]);
+    let addr = srv.addr;
+    let hosts: Vec<_> = (2..7)
+        .map(|h| {
+            std::thread::spawn(move || {
+                let ip = std::net::Ipv4Addr::new(127, 0, 0, h);
+                let streams: Vec<_> = (0..30).map(|_| connect_from(ip, addr)).collect();
+                streams
+                    .into_iter()
+                    .map(|s| {
+                        let mut c = common::Client::from_stream(s);
+                        let first = c.read_line().expect("an answer");
+                        (first, c)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    let (mut full, mut per_ip) = (0, 0);
+    for h in hosts {
+        let mut mine = 0;
+        for (first, mut c) in h.join().unwrap() {
+            match first.as_str() {
+                "! server full, try again later" => full += 1,
+                "! too many connections from your address" => per_ip += 1,
+                l if l.contains("Welcome") => {
+                    mine += 1;
+                    admitted.push(c);
+                    continue;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+            assert!(c.is_closed(), "a refused connection stays open");
+        }
+        assert!(mine <= 10, "one host got {mine} places");
+    }
+    assert_eq!(admitted.len(), 40, "{full} full, {per_ip} per-ip");
+    assert!(full > 0 && per_ip > 0, "{full} full, {per_ip} per-ip");
+    assert_eq!(full + per_ip, 110);
+    srv.wait_log_n("event=\"refused\"", 110);
+    let (first, rest) = admitted.split_first_mut().unwrap();
+    first.send("storm over\n");
+    for c in rest {
+        c.expect("storm over");
+    }
+}
