@@ -37,6 +37,12 @@ cargo test --all-targets --features fault-injection --locked
 # Fuzzing: every target in tests/fuzz for CHATD_FUZZ_SECS (default 60) each.
 bash tests/fuzz.sh
 
+# Soak: CHATD_SOAK_SECS (default 600) of mixed load with churn against one
+# chatd; fails on any loss or if the master's heap or fds grow. The curve
+# is kept in target/soak.txt.
+./target/release/chatd-bench soak --secs "${CHATD_SOAK_SECS:-600}" --every 30 |
+  tee target/soak.txt
+
 # The Debian package: built with cargo-deb, checked by lintian and
 # systemd-analyze (verify, security exposure <= 0.9).
 command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked

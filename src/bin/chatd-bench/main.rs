@@ -11,11 +11,13 @@
 //! - `fanout`: fan-out and churn (throughput, latency, loss, duplicates,
 //!   corruption, self-echo);
 //! - `storm`: connect storm, idle memory;
+//! - `soak`: a long run of mixed load with churn, and its curve;
 //! - `server`: starting the servers, and what /proc says about them.
 
 mod fanout;
 mod marker;
 mod server;
+mod soak;
 mod storm;
 
 use anyhow::{bail, Result};
@@ -101,6 +103,15 @@ enum Cmd {
         #[arg(short = 'n', long, default_value_t = 1000)]
         clients: usize,
     },
+    /// Rounds of mixed load with churn for SECS seconds against one chatd;
+    /// fails unless nothing is lost and the master's PSS and fds stay flat.
+    Soak {
+        #[arg(long, default_value_t = 600.0)]
+        secs: f64,
+        /// Seconds between two samples of the curve.
+        #[arg(long, default_value_t = 30.0)]
+        every: f64,
+    },
 }
 
 fn chatd_path(t: &Target) -> Result<PathBuf> {
@@ -160,6 +171,22 @@ fn main() -> Result<()> {
             let s = Server::start(&k, clients + 1)?;
             let o = storm::storm(&s, clients)?;
             println!("{}", storm_json(&o));
+            Ok(())
+        }
+        Some(Cmd::Soak { secs, every }) => {
+            let k = kind(&cli.target)?;
+            let mut s = Server::start(&k, 100)?;
+            let r = soak::run(&mut s, secs, every)?;
+            drop(s); // stops the server before a failing exit
+            print!("{}", soak::table(&r));
+            println!("{}", soak::json(&r));
+            if !r.failures.is_empty() {
+                for f in &r.failures {
+                    eprintln!("soak FAILED: {f}");
+                }
+                std::process::exit(1);
+            }
+            eprintln!("soak passed: nothing lost, master PSS and fds flat");
             Ok(())
         }
         Some(Cmd::Memory { clients }) => {

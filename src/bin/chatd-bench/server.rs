@@ -163,6 +163,29 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Of the master alone: PSS bytes, anonymous bytes (its heap and
+    /// stacks: PSS less the shared region and the mapped binary), open fds.
+    pub fn master_footprint(&self) -> (u64, u64, usize) {
+        let Some(pid) = self.pid else {
+            return (0, 0, 0);
+        };
+        let rollup = format!("/proc/{pid}/smaps_rollup");
+        let pss = kib_field(&rollup, "Pss:") * 1024;
+        let anon = kib_field(&rollup, "Anonymous:") * 1024;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+        (pss, anon, fds)
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().ok().flatten().is_none(),
+            None => true,
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
