@@ -20,11 +20,35 @@ pub const TEXT: u8 = b'T';
 pub const CLOSE: u8 = b'C';
 pub const NOTIFY: u8 = b'N';
 
-/// Largest control datagram (a `/who` reply for thousands of users fits).
-pub const MAX_MSG: usize = 128 * 1024;
+/// Largest control datagram: one page, the child's receive buffer. Longer
+/// texts (a `/who` reply for thousands of users) go as several `TEXT`
+/// messages ([`frames`]), which the child simply concatenates.
+pub const MAX_MSG: usize = 4096;
 
-/// Sends one message without blocking. `Ok(false)` if the socket is full.
+/// Frames `body` under `tag` as datagrams of at most [`MAX_MSG`] bytes: all
+/// but the last piece as `TEXT`, the last under `tag` (so a `CLOSE` comes
+/// after all of its text).
+pub fn frames(tag: u8, body: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = body
+        .chunks(MAX_MSG - 1)
+        .map(|c| {
+            let mut m = Vec::with_capacity(1 + c.len());
+            m.push(TEXT);
+            m.extend_from_slice(c);
+            m
+        })
+        .collect();
+    match out.last_mut() {
+        Some(last) => last[0] = tag,
+        None => out.push(vec![tag]),
+    }
+    out
+}
+
+/// Sends one message (`body` at most `MAX_MSG - 1` bytes) without
+/// blocking. `Ok(false)` if the socket is full.
 pub fn send_msg(fd: BorrowedFd<'_>, tag: u8, body: &[u8]) -> nix::Result<bool> {
+    debug_assert!(body.len() < MAX_MSG);
     let mut buf = Vec::with_capacity(1 + body.len());
     buf.push(tag);
     buf.extend_from_slice(body);
@@ -50,5 +74,24 @@ pub fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Option<usize>
         Ok(n) => Ok(Some(n)),
         Err(Errno::EAGAIN) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_split_and_the_tag_comes_last() {
+        assert_eq!(frames(CLOSE, b""), vec![vec![CLOSE]]);
+        assert_eq!(frames(TEXT, b"hi"), vec![b"Thi".to_vec()]);
+        let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let f = frames(CLOSE, &body);
+        assert_eq!(f.len(), 3);
+        assert!(f.iter().all(|m| m.len() <= MAX_MSG));
+        assert_eq!(f[0][0], TEXT);
+        assert_eq!(f[2][0], CLOSE);
+        let joined: Vec<u8> = f.iter().flat_map(|m| m[1..].to_vec()).collect();
+        assert_eq!(joined, body);
     }
 }

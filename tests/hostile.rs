@@ -594,3 +594,76 @@ fn connect_storm_past_max_clients_and_max_per_ip() {
         c.expect("storm over");
     }
 }
+
+/// Fork failing for want of processes (RLIMIT_NPROC, as under a tight
+/// TasksMax). With room for three children, the fourth and later clients get
+/// `! server busy, try again later` and are closed (events "fork_failed"
+/// and "refused", reason "cannot start a child"); the admitted ones keep
+/// chatting; when one leaves, a new client gets its place.
+#[test]
+fn fork_failure_refuses_with_a_line() {
+    // RLIMIT_NPROC counts every process of the user, so chatd runs as a
+    // uid of its own, which only root can switch to: the master and three
+    // children make four.
+    if !common::have_root("fork_failure_refuses_with_a_line") {
+        return;
+    }
+    let uid = 61_000 + std::process::id() % 1000;
+    let dir = common::TempDir::new();
+    let bin = common::copy_bin(common::BIN, &dir);
+    let config_path = dir.0.join("chatd.toml");
+    std::fs::write(&config_path, common::render(&common::base_config())).unwrap();
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .args(["--clear-groups", "--", "prlimit", "--nproc=4:4", "--"])
+        .arg(&bin)
+        .arg("--config")
+        .arg(&config_path);
+    let srv = Server::spawn(cmd, dir, config_path);
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let mut c = srv.connect();
+        let first = c.read_line().expect("an answer, not silence");
+        if first.contains("Welcome") {
+            admitted.push(c);
+        } else {
+            assert_eq!(first, "! server busy, try again later");
+            assert!(c.is_closed());
+            refused += 1;
+        }
+    }
+    assert_eq!((admitted.len(), refused), (3, 3));
+    let failed = srv.wait_log("event=\"fork_failed\"");
+    assert!(
+        failed.contains("Resource temporarily unavailable") || failed.contains("EAGAIN"),
+        "{failed}"
+    );
+    let ev = srv.wait_log("reason=\"cannot start a child\"");
+    assert!(ev.contains("event=\"refused\""), "{ev}");
+    admitted[0].send("still chatting\n");
+    admitted[1].expect("still chatting");
+    admitted[2].expect("still chatting");
+    // One leaves; once its child is reaped a newcomer gets in.
+    drop(admitted.remove(0));
+    srv.wait_log("event=\"disconnect\"");
+    let (_newcomer, nick) = common::wait_for(common::TIMEOUT, || {
+        let mut c = srv.connect();
+        let first = c.read_line()?;
+        first.contains("Welcome").then(|| {
+            let nick = first
+                .split("You are ")
+                .nth(1)
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap()
+                .to_string();
+            (c, nick)
+        })
+    })
+    .expect("a place freed by a leaving client");
+    admitted[0].expect(&format!("{nick} joined"));
+    assert!(common::pid_alive(srv.pid()));
+}

@@ -45,6 +45,35 @@ fn commands_work_and_unknown_ones_are_not_broadcast() {
     }
 }
 
+/// A `/who` reply longer than one control message (4 KiB) arrives whole,
+/// as one line listing every nick.
+#[test]
+fn who_with_hundreds_of_long_nicks_is_one_whole_line() {
+    let server = Server::start(&[]);
+    let mut clients: Vec<Client> = Vec::new();
+    let mut nicks = Vec::new();
+    for i in 0..250 {
+        let (mut c, _) = server.join();
+        let nick = format!("user{i:03}-padding-to-24");
+        c.send(&format!("/nick {nick}\n"));
+        c.expect("you are now");
+        clients.push(c);
+        nicks.push(nick);
+    }
+    let c = &mut clients[0];
+    c.send("/who\n");
+    let who = c.expect("250 online:");
+    assert!(who.len() > 4096 + 1000, "{} bytes", who.len());
+    let mut listed: Vec<&str> = who
+        .trim_start_matches("* 250 online:")
+        .split_whitespace()
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, nicks.iter().map(String::as_str).collect::<Vec<_>>());
+    c.send("/who\n");
+    assert!(c.expect("online:").starts_with("* 250 online: "));
+}
+
 #[test]
 fn bad_input_is_refused_and_the_client_stays() {
     let server = Server::start(&[("max_line", "64")]);

@@ -28,8 +28,6 @@ pub struct Client {
     pub ctl_open: bool,
     /// Control messages waiting for room in the socket.
     pub outbox: VecDeque<Vec<u8>>,
-    /// Last `sleep_seq` value this master sent a wake-up for.
-    pub woken_seq: u64,
     /// Set once the leave notice is posted; the client no longer reads the log.
     pub leaving: Option<String>,
     /// Wait status collected; the process is gone.
@@ -228,7 +226,6 @@ pub fn new_client(
         ctl,
         ctl_open: true,
         outbox: VecDeque::new(),
-        woken_seq: 0,
         leaving: None,
         reaped: false,
         exit_reason: None,

@@ -322,7 +322,8 @@ impl Master {
         }
     }
 
-    /// Sends a control message to a child, queueing it if the socket is full.
+    /// Sends a control message to a child (in pieces of at most
+    /// `ipc::MAX_MSG`), queueing it if the socket is full.
     pub(crate) fn send_ctl(&mut self, slot: usize, tag: u8, body: &[u8]) {
         let Some(c) = self.clients.get_mut(slot) else {
             return;
@@ -330,11 +331,9 @@ impl Master {
         if !c.ctl_open {
             return;
         }
-        let mut msg = Vec::with_capacity(1 + body.len());
-        msg.push(tag);
-        msg.extend_from_slice(body);
-        c.outbox.push_back(msg);
-        if c.outbox.len() == 1 {
+        let was_idle = c.outbox.is_empty();
+        c.outbox.extend(ipc::frames(tag, body));
+        if was_idle {
             self.flush_outbox(slot);
         }
     }

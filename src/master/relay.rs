@@ -25,7 +25,7 @@ use crate::shm::ring::{Corrupt, RingReader};
 use crate::shm::{Region, LOG_BYTES};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -359,9 +359,10 @@ impl Master {
         while let Some(slot) = self.clients.live_at(i) {
             i += 1;
             let seq = self.region.slot_header(slot).sleep_seq.load(SeqCst);
-            let c = self.clients.get_mut(slot).unwrap();
-            if seq & 1 == 1 && seq != c.woken_seq && c.ctl_open && !c.reaped {
-                c.woken_seq = seq;
+            let woken = &self.region.control(slot).woken;
+            let c = self.clients.get(slot).unwrap();
+            if seq & 1 == 1 && seq != woken.load(Relaxed) && c.ctl_open && !c.reaped {
+                woken.store(seq, Relaxed);
                 // A full socket already holds a wake-up for this child.
                 let _ = ipc::send_raw(std::os::fd::AsFd::as_fd(&c.ctl), &[ipc::WAKE]);
             }

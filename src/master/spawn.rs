@@ -183,6 +183,7 @@ impl Master {
         ctl.gen.store(gen, SeqCst);
         ctl.consumed.store(0, SeqCst);
         ctl.evicted.store(0, SeqCst);
+        ctl.woken.store(0, SeqCst);
         let hdr = self.region.slot_header(slot);
         hdr.head.store(0, SeqCst);
         hdr.sleep_seq.store(0, SeqCst);

@@ -11,7 +11,8 @@
 //!                   | log_head                             |
 //!  PAGE             +--------------------------------------+
 //!                   | SlotControl[max_slots], 64 B each:   |  master writes
-//!                   | gen, consumed (ring ack), evicted    |
+//!                   | gen, consumed (ring ack), evicted,   |
+//!                   | woken (last wake-up sent)            |
 //!  log_off          +--------------------------------------+
 //!                   | Relay log: LOG_BYTES ring of         |  master writes,
 //!                   | formatted lines in global order      |  children read
@@ -70,6 +71,12 @@ pub struct SlotControl {
     /// Non-zero once the master stopped waiting for this child to read the
     /// log; the child must discard what it read and leave.
     pub evicted: AtomicU64,
+    /// The child's `sleep_seq` the master last sent a wake-up for. Only the
+    /// master uses it; it lives here, in shared memory, because the master
+    /// writes it for every sleeping child on every batch: in its own heap
+    /// that write would copy a page into every child forked since (fork's
+    /// copy-on-write), which is what made idle children cost ~200 KiB each.
+    pub woken: AtomicU64,
 }
 
 /// The head of a client's slot. Written by that client's child only.
