@@ -10,10 +10,12 @@
 //! - [`protocol`]: pure line framing, sanitising and command parsing;
 //! - [`sandbox`]: the confinement steps (privilege drop, chroot, rlimits,
 //!   Landlock, seccomp), one module each;
+//! - [`arena`]: the master's heap, which children do not inherit;
 //! - [`config`], [`cli`], [`logging`]: start-up.
 //!
 //! ARCHITECTURE.md describes the design; README.md how to run it.
 
+pub mod arena;
 pub mod child;
 pub mod cli;
 pub mod config;

@@ -12,6 +12,11 @@ use chatd::master::Master;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// The master moves its heap into an arena children do not inherit (see
+/// `chatd::arena`); everything else uses the system allocator.
+#[global_allocator]
+static ALLOC: chatd::arena::Global = chatd::arena::Global;
+
 /// sysexits.h: "addressee unknown", used for a missing service user.
 const EX_NOUSER: u8 = 67;
 

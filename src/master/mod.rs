@@ -133,6 +133,11 @@ impl Master {
         let notifier = Notifier::from_env();
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
         let confined = plan.apply().context("confinement")?;
+        // From here on the master's allocations (its client table above
+        // all) go to an arena that forked children do not inherit.
+        if let Err(e) = crate::arena::enter() {
+            warn!(event = "arena", error = %e, "{e}; children will share the master's heap");
+        }
         let mut m = Master {
             clients: Clients::new(capacity),
             relay: Relay::new(region),

@@ -195,7 +195,9 @@ impl Master {
         // Users cannot choose guest-* nicks, and serials never repeat.
         let nick = format!("guest-{serial}");
         let online = self.clients.online() + 1;
-        let spec = Spec {
+        // The child reads its Spec, so it must not live in the master's
+        // arena, which the child does not inherit.
+        let spec = crate::arena::outside(|| Spec {
             slot,
             client_id: id,
             greeting: self.greeting(&nick, online),
@@ -205,7 +207,7 @@ impl Master {
             flood_rate: self.cfg.flood_rate,
             line_timeout: (self.cfg.line_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.cfg.line_timeout)),
-        };
+        });
         // SAFETY: the master is single-threaded, so the child gets a
         // consistent copy of all state; the child only runs `child::setup`
         // and `child::run` and leaves through `_exit`, never returning into
@@ -216,6 +218,8 @@ impl Master {
         };
         match forked {
             ForkResult::Child => {
+                // Before anything allocates: the arena is not mapped here.
+                crate::arena::leave();
                 let mut spec = spec;
                 let jail = child::setup::Jail {
                     master: self.pid,

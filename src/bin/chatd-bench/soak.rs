@@ -92,6 +92,8 @@ pub fn run(server: &mut Server, secs: f64, every: f64) -> Result<Report> {
     let mut failures = Vec::new();
     let mut rounds = 0u64;
     let mut last_sample: Option<Instant> = None;
+    // The idle master's fds (listeners, epoll, signalfd, timer, ...).
+    let (_, _, fds_idle) = server.master_footprint();
     while Instant::now() < deadline {
         let spec = &shapes[rounds as usize % shapes.len()];
         let o = fanout::run(server, spec)?;
@@ -107,8 +109,13 @@ pub fn run(server: &mut Server, secs: f64, every: f64) -> Result<Report> {
             failures.push(format!("round {rounds}: the server exited"));
             break;
         }
-        // Idle point: every client of the round has left.
+        // Idle point: every client of the round has left, and the master
+        // has closed their control sockets (it does once it has reaped the
+        // child and relayed what it left; a leaked fd never goes).
         let idle = wait_until(Duration::from_secs(10), || server.children().is_empty());
+        wait_until(Duration::from_secs(10), || {
+            server.master_footprint().2 <= fds_idle
+        });
         let now = Instant::now();
         let due = last_sample.is_none_or(|t| now - t >= Duration::from_secs_f64(every));
         if due || !idle || now >= deadline {
