@@ -1,12 +1,12 @@
 //! Control messages on each child's socketpair (SOCK_SEQPACKET).
 //!
-//! The socketpair carries only signals and small replies; chat data goes
-//! through shared memory. A message is one datagram: a tag byte, then for
+//! The socketpair carries only small replies and notifications; chat data
+//! goes through shared memory, and the master wakes children through one
+//! shared eventfd (see `master::relay`). A message is one datagram: a tag byte, then for
 //! `TEXT` and `CLOSE` the bytes to send to the client.
 //!
 //! | direction      | tag     | meaning                                          |
 //! |----------------|---------|--------------------------------------------------|
-//! | master → child | `WAKE`  | the relay log advanced (sent only to sleepers)   |
 //! | master → child | `TEXT`  | send these bytes to your client (command reply)  |
 //! | master → child | `CLOSE` | send these bytes, flush, and exit (kick, stop)   |
 //! | child → master | `NOTIFY`| my input ring has entries you have not seen      |
@@ -15,7 +15,6 @@ use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-pub const WAKE: u8 = b'W';
 pub const TEXT: u8 = b'T';
 pub const CLOSE: u8 = b'C';
 pub const NOTIFY: u8 = b'N';

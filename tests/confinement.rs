@@ -42,20 +42,24 @@ fn root_start_drops_to_the_service_user_in_the_empty_root() {
     let meta = std::fs::metadata(&empty).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.uid(), meta.mode() & 0o022), (0, 0));
-    // A child keeps only stderr, its client socket and its control socket.
+    // A child keeps only stderr, its client socket, its control socket, the
+    // shared wake-up eventfd and its own epoll instance.
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{child}/fd"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     let mut fds: Vec<i32> = fds.iter().map(|f| f.parse().unwrap()).collect();
     fds.sort();
-    assert_eq!(fds, [2, 3, 4], "child fds");
+    assert_eq!(fds, [0, 2, 3, 4, 5], "child fds");
+    let link = |fd: i32| std::fs::read_link(format!("/proc/{child}/fd/{fd}")).unwrap();
+    assert_eq!(link(0).to_str(), Some("anon_inode:[eventpoll]"));
+    assert_eq!(link(5).to_str(), Some("anon_inode:[eventfd]"));
     let limits = std::fs::read_to_string(format!("/proc/{child}/limits")).unwrap();
     for (name, value) in [
         ("Max processes", "0"),
         ("Max file size", "0"),
         ("Max core file size", "0"),
-        ("Max open files", "5"),
+        ("Max open files", "6"),
     ] {
         let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
         let soft_hard: Vec<&str> = line[name.len()..].split_whitespace().take(2).collect();

@@ -4,9 +4,10 @@
 //! it reads its client's lines, validates them ([`crate::protocol`]), and
 //! appends chat lines and commands to its own slot's ring
 //! ([`crate::shm::ring`]); it copies new relay-log entries from the other
-//! clients to its client ([`crate::shm::log`]); and it sleeps in `poll` on
-//! two fds, the client socket and the control socket, announcing its sleep
-//! in shared memory so that the master wakes it only when needed.
+//! clients to its client ([`crate::shm::log`]); and it sleeps in
+//! `epoll_wait` on three fds: the client socket, the control socket, and the
+//! wake-up eventfd the master writes once per published batch (one write
+//! wakes every child; see ARCHITECTURE.md, "Wake-ups").
 //!
 //! The child never logs: everything worth logging reaches the master (the
 //! reason it leaves travels as a `Quit` ring entry), so one process owns the
@@ -21,13 +22,13 @@ use crate::protocol::lines::{Input, LineReader};
 use crate::protocol::{nick, sanitize, ERR, NOTICE};
 use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
-use crate::shm::{Region, SlotHeader};
+use crate::shm::Region;
 use flood::TokenBucket;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
 /// Everything the master decided for this client before forking.
@@ -77,7 +78,11 @@ struct Child {
     lines: LineReader,
     ring: RingWriter,
     log: LogReader,
-    sleep: &'static SlotHeader,
+    epoll: Epoll,
+    /// Keeps the wake-up eventfd open (registered in `epoll`).
+    _wake: OwnedFd,
+    /// epoll reported the control socket readable.
+    ctl_ready: bool,
     flood: TokenBucket,
     last_flood_notice: Option<Instant>,
     sendq: Vec<u8>,
@@ -93,12 +98,21 @@ struct Child {
 
 /// Runs the child's loop for one client until it leaves, then exits the
 /// process. Never returns.
-pub fn run(region: &'static Region, spec: Spec, client: TcpStream, ctl: OwnedFd) -> ! {
+pub fn run(
+    region: &'static Region,
+    spec: Spec,
+    client: TcpStream,
+    ctl: OwnedFd,
+    wake: OwnedFd,
+    epoll: Epoll,
+) -> ! {
     let mut child = Child {
         lines: LineReader::new(spec.max_line, 4096),
         ring: RingWriter::new(region, spec.slot),
         log: LogReader::new(region, spec.slot, spec.client_id),
-        sleep: region.slot_header(spec.slot),
+        epoll,
+        _wake: wake,
+        ctl_ready: true,
         flood: TokenBucket::new(spec.flood_burst, spec.flood_rate),
         last_flood_notice: None,
         sendq: Vec::with_capacity(4096),
@@ -159,8 +173,11 @@ impl Child {
         }
     }
 
-    /// Handles every waiting control message.
+    /// Handles every waiting control message (when epoll said there are).
     fn handle_ctl(&mut self) -> Option<Exit> {
+        if !std::mem::take(&mut self.ctl_ready) {
+            return None;
+        }
         loop {
             match ipc::recv_msg(self.ctl.as_fd(), &mut self.ctl_buf) {
                 Ok(None) => return None,
@@ -171,7 +188,7 @@ impl Child {
                         self.sendq.extend_from_slice(&self.ctl_buf[1..n]);
                         return Some(Exit::ClosedByMaster);
                     }
-                    _ => {} // WAKE: the loop re-checks everything anyway.
+                    _ => {}
                 },
             }
         }
@@ -363,44 +380,37 @@ impl Child {
         if self.writable && self.sent < self.sendq.len() {
             return Ok(());
         }
-        let mut client_ev = PollFlags::empty();
-        if want_read && can_take {
-            client_ev |= PollFlags::POLLIN;
-        }
-        if self.sent < self.sendq.len() {
-            client_ev |= PollFlags::POLLOUT;
-        }
         let flood = Some(self.flood.wait()).filter(|d| !d.is_zero());
         let timeout = match [flood, self.line_deadline()].into_iter().flatten().min() {
-            None => PollTimeout::NONE,
+            None => EpollTimeout::NONE,
             Some(d) => {
-                PollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+                EpollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(EpollTimeout::MAX)
             }
         };
-        // Announce the sleep, then re-check the log (see ARCHITECTURE.md,
-        // "wake-ups"): the master reads `sleep_seq` after publishing.
-        let seq = self.sleep.sleep_seq.load(Relaxed) | 1;
-        self.sleep.sleep_seq.store(seq, SeqCst);
-        if self.log.has_new() {
-            self.sleep.sleep_seq.store(seq + 1, Relaxed);
-            return Ok(());
-        }
-        let mut fds = [
-            PollFd::new(self.ctl.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.client.as_fd(), client_ev),
-        ];
-        let r = poll(&mut fds, timeout);
-        self.sleep.sleep_seq.store(seq + 1, Relaxed);
-        match r {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return Err(Exit::Fatal("poll failed")),
-        }
-        let rev = fds[1].revents().unwrap_or(PollFlags::empty());
-        if rev.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            self.readable = true;
-        }
-        if rev.intersects(PollFlags::POLLOUT | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            self.writable = true;
+        // No announcement is needed before sleeping: the wake-up eventfd is
+        // edge-triggered and registered, so a batch published since the log
+        // was last drained has already queued an event here.
+        let mut events = [EpollEvent::empty(); 3];
+        let n = match self.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(_) => return Err(Exit::Fatal("epoll failed")),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                setup::TOKEN_CTL => self.ctl_ready = true,
+                setup::TOKEN_CLIENT => {
+                    let f = ev.events();
+                    let gone = EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR;
+                    if f.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | gone) {
+                        self.readable = true;
+                    }
+                    if f.intersects(EpollFlags::EPOLLOUT | gone) {
+                        self.writable = true;
+                    }
+                }
+                _ => {} // the wake-up: the loop re-checks the log anyway.
+            }
         }
         Ok(())
     }

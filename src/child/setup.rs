@@ -10,11 +10,13 @@
 //!    SIGPIPE and SIGXFSZ; default SIGSEGV and SIGBUS (no std handler);
 //! 3. PR_SET_PDEATHSIG(SIGKILL), then check that the parent is still the
 //!    master, so a master killed by SIGKILL leaves no orphan;
-//! 4. fds: the client socket to 3, the control socket to 4, close stdin,
-//!    stdout and every fd above 4 (listeners, other children's sockets, the
-//!    signalfd, epoll, timerfd, the config directory, the notify socket);
+//! 4. fds: the client socket to 3, the control socket to 4, the shared
+//!    wake-up eventfd to 5, close stdin, stdout and every fd above 5
+//!    (listeners, other children's sockets, the signalfd, epoll, timerfd,
+//!    the config directory, the notify socket); then the child's own epoll
+//!    instance (on fd 0) over the three;
 //! 5. shared memory: read-only except this client's own slot;
-//! 6. rlimits: NPROC, FSIZE, CORE 0, NOFILE 5 (fds 0 to 4);
+//! 6. rlimits: NPROC, FSIZE, CORE 0, NOFILE 6 (fds 0 to 5);
 //! 7. Landlock: no filesystem access (and no TCP bind/connect, no signals
 //!    or abstract sockets outside the child) where the kernel has it;
 //! 8. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
@@ -26,14 +28,22 @@
 
 use crate::sandbox::{landlock, rlimits, seccomp};
 use crate::shm::Region;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{getppid, Pid};
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
-/// Where the client socket and the control socket end up in the child.
+/// Where the client socket, the control socket and the wake-up eventfd end
+/// up in the child.
 pub const CLIENT_FD: RawFd = 3;
 pub const CTL_FD: RawFd = 4;
+pub const WAKE_FD: RawFd = 5;
+
+/// Epoll tokens of the child's three fds.
+pub const TOKEN_CTL: u64 = 0;
+pub const TOKEN_CLIENT: u64 = 1;
+pub const TOKEN_WAKE: u64 = 2;
 
 /// Ends the process without running destructors or atexit handlers (which
 /// belong to the master's state inherited through fork).
@@ -54,12 +64,17 @@ pub struct Jail<'a> {
 pub struct Prepared {
     pub client: OwnedFd,
     pub ctl: OwnedFd,
+    /// The wake-up eventfd, kept open so the epoll instance keeps it.
+    pub wake: OwnedFd,
+    /// ctl (level-triggered), client and wake (edge-triggered).
+    pub epoll: Epoll,
     /// A line for the client from the fault hook (fault-injection builds).
     pub fault_note: Option<String>,
 }
 
-/// Runs steps 1–8.
-pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd) -> Prepared {
+/// Runs steps 1–8. `wake` is the master's wake-up eventfd as inherited by
+/// fork (the child owns its copy of every fd).
+pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Prepared {
     std::panic::set_hook(Box::new(|info| {
         let mut e = std::io::stderr().lock();
         let _ = writeln!(e, "chatd child {}: panic: {info}", std::process::id());
@@ -73,12 +88,16 @@ pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd) -> Prepared {
     if getppid() != jail.master {
         exit(0); // the master died between fork and prctl
     }
-    let (client, ctl) = step("fd cleanup", arrange_fds(client, ctl));
+    // SAFETY: `wake` is open in this process (inherited) and nothing else in
+    // the child refers to it; the master's EventFd is never used here.
+    let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+    let (client, ctl, wake) = step("fd cleanup", arrange_fds(client, ctl, wake));
+    let epoll = step("epoll", child_epoll(&client, &ctl, &wake));
     step(
         "shared memory protection",
         jail.region.confine_to_slot(jail.slot),
     );
-    step("rlimits", rlimits::confine_child(CTL_FD as u64 + 1));
+    step("rlimits", rlimits::confine_child(WAKE_FD as u64 + 1));
     step("landlock", landlock::restrict_all());
     #[cfg(feature = "fault-injection")]
     let fault_note = crate::sandbox::fault::before_seccomp();
@@ -91,6 +110,8 @@ pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd) -> Prepared {
     Prepared {
         client,
         ctl,
+        wake,
+        epoll,
         fault_note,
     }
 }
@@ -129,31 +150,57 @@ fn reset_signals() -> nix::Result<()> {
     Ok(())
 }
 
-/// Moves the two fds to 3 and 4, closes everything above, and stdin and
-/// stdout (stderr stays for the panic line). Closes first, so that it
+/// Moves the three fds to 3, 4 and 5, closes everything above, and stdin
+/// and stdout (stderr stays for the panic line). Closes first, so that it
 /// works even when the master's fd table was full at fork.
-fn arrange_fds(client: OwnedFd, ctl: OwnedFd) -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (c, k) = (client.into_raw_fd(), ctl.into_raw_fd());
-    close_all_but(&[2, c, k])?;
-    // Park both above 4, then place them (either may sit on 3 or 4).
-    let c2 = dup_above(c, CTL_FD + 1)?;
-    let k2 = dup_above(k, CTL_FD + 1)?;
+fn arrange_fds(
+    client: OwnedFd,
+    ctl: OwnedFd,
+    wake: OwnedFd,
+) -> std::io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
+    let fds = [client.into_raw_fd(), ctl.into_raw_fd(), wake.into_raw_fd()];
+    close_all_but(&[2, fds[0], fds[1], fds[2]])?;
+    // Park all three above 5, then place them (any may sit on 3 to 5).
+    let mut parked = [0; 3];
+    for (p, &fd) in parked.iter_mut().zip(&fds) {
+        *p = dup_above(fd, WAKE_FD + 1)?;
+    }
     // SAFETY: plain fd syscalls on fds this process owns; the Rust wrappers
     // for the originals were consumed above, so nothing else refers to them.
     unsafe {
-        libc::close(c);
-        libc::close(k);
-        if libc::dup2(c2, CLIENT_FD) < 0 || libc::dup2(k2, CTL_FD) < 0 {
-            return Err(std::io::Error::last_os_error());
+        for fd in fds {
+            libc::close(fd);
         }
-        if libc::close_range((CTL_FD + 1) as u32, u32::MAX, 0) < 0 {
+        for (p, to) in parked.into_iter().zip([CLIENT_FD, CTL_FD, WAKE_FD]) {
+            if libc::dup2(p, to) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if libc::close_range((WAKE_FD + 1) as u32, u32::MAX, 0) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         Ok((
             OwnedFd::from_raw_fd(CLIENT_FD),
             OwnedFd::from_raw_fd(CTL_FD),
+            OwnedFd::from_raw_fd(WAKE_FD),
         ))
     }
+}
+
+/// The child's epoll instance: control messages level-triggered; the client
+/// socket and the wake-up eventfd edge-triggered. Nobody reads the eventfd:
+/// each write by the master is an edge that wakes every child at once.
+fn child_epoll(client: &OwnedFd, ctl: &OwnedFd, wake: &OwnedFd) -> nix::Result<Epoll> {
+    let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    ep.add(ctl, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CTL))?;
+    let io = EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP;
+    ep.add(
+        client,
+        EpollEvent::new(io | EpollFlags::EPOLLET, TOKEN_CLIENT),
+    )?;
+    let wake_ev = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+    ep.add(wake, EpollEvent::new(wake_ev, TOKEN_WAKE))?;
+    Ok(ep)
 }
 
 /// Closes every fd not in `keep`.

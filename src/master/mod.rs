@@ -63,6 +63,9 @@ pub struct Master {
     listeners: Vec<TcpListener>,
     signals: SignalFd,
     timer: TimerFd,
+    /// Written once per published batch; every child waits on it (edge-
+    /// triggered), so one write wakes them all.
+    wake: nix::sys::eventfd::EventFd,
     timer_fast: bool,
     /// A spare fd, closed for a moment to refuse a client with a line when
     /// the fd limit is reached (see `spawn::shed_one`).
@@ -111,6 +114,10 @@ impl Master {
         ));
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
+        let wake = nix::sys::eventfd::EventFd::from_flags(
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+        )
+        .context("eventfd")?;
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -148,6 +155,7 @@ impl Master {
             listeners,
             signals,
             timer,
+            wake,
             timer_fast: true,
             reserve_fd: None,
             accept_paused_until: None,

@@ -4,10 +4,9 @@
 //! 1. appends queued notices, then reads the rings of the slots that
 //!    notified it, in notification order, validating every entry, turning
 //!    chat into formatted lines and handling `/nick`, `/who` and quits;
-//! 2. publishes the new log head once, and sends one WAKE to each child
-//!    that announced it sleeps (`sleep_seq` odd) and has not been woken for
-//!    that sleep yet: one wake-up per sleeping child per batch, whatever
-//!    the number of messages;
+//! 2. publishes the new log head once, and wakes every child with one
+//!    write to the shared wake-up eventfd: one wake-up per batch, whatever
+//!    the number of messages and children;
 //! 3. frees the slots of children that are gone and fully drained.
 //!
 //! When the log is full (a reader is behind) the relay stops reading rings,
@@ -25,7 +24,7 @@ use crate::shm::ring::{Corrupt, RingReader};
 use crate::shm::{Region, LOG_BYTES};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -108,7 +107,7 @@ impl Master {
         }
         self.relay.publish();
         if std::mem::take(&mut self.relay.unwoken) {
-            self.wake_sleepers();
+            self.wake_children();
         }
     }
 
@@ -353,19 +352,11 @@ impl Master {
         self.relay_turn();
     }
 
-    /// Sends one WAKE to each child sleeping since the last wake-up.
-    fn wake_sleepers(&mut self) {
-        let mut i = 0;
-        while let Some(slot) = self.clients.live_at(i) {
-            i += 1;
-            let seq = self.region.slot_header(slot).sleep_seq.load(SeqCst);
-            let woken = &self.region.control(slot).woken;
-            let c = self.clients.get(slot).unwrap();
-            if seq & 1 == 1 && seq != woken.load(Relaxed) && c.ctl_open && !c.reaped {
-                woken.store(seq, Relaxed);
-                // A full socket already holds a wake-up for this child.
-                let _ = ipc::send_raw(std::os::fd::AsFd::as_fd(&c.ctl), &[ipc::WAKE]);
-            }
-        }
+    /// Wakes every child at once: one write to the shared eventfd, which
+    /// each child watches edge-triggered. Never blocks (the counter would
+    /// need 2^64 writes to fill); a failure only means the children wake on
+    /// their next event instead.
+    fn wake_children(&mut self) {
+        let _ = self.wake.write(1);
     }
 }

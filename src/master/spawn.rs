@@ -183,10 +183,8 @@ impl Master {
         ctl.gen.store(gen, SeqCst);
         ctl.consumed.store(0, SeqCst);
         ctl.evicted.store(0, SeqCst);
-        ctl.woken.store(0, SeqCst);
         let hdr = self.region.slot_header(slot);
         hdr.head.store(0, SeqCst);
-        hdr.sleep_seq.store(0, SeqCst);
         // Start after everything appended so far, published so the child
         // never sees a head behind its cursor.
         hdr.cursor.store(self.relay.publish(), SeqCst);
@@ -227,11 +225,13 @@ impl Master {
                     slot,
                     filter: &self.child_filter,
                 };
-                let p = child::setup::prepare(jail, OwnedFd::from(stream), theirs);
+                let wake = std::os::fd::AsRawFd::as_raw_fd(&self.wake);
+                let p = child::setup::prepare(jail, OwnedFd::from(stream), theirs, wake);
                 if let Some(note) = p.fault_note {
                     spec.greeting.push_str(&note);
                 }
-                child::run(self.region, spec, TcpStream::from(p.client), p.ctl)
+                let client = TcpStream::from(p.client);
+                child::run(self.region, spec, client, p.ctl, p.wake, p.epoll)
             }
             ForkResult::Parent { child: pid } => {
                 drop(theirs);

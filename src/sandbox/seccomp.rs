@@ -143,8 +143,10 @@ pub fn child() -> Allowlist {
     a.allow("recvfrom", libc::SYS_recvfrom)
         .allow("sendto", libc::SYS_sendto);
     #[cfg(target_arch = "x86_64")]
-    a.allow("poll", libc::SYS_poll);
+    a.allow("poll", libc::SYS_poll)
+        .allow("epoll_wait", libc::SYS_epoll_wait);
     a.allow("ppoll", libc::SYS_ppoll)
+        .allow("epoll_pwait", libc::SYS_epoll_pwait)
         .allow_if("write", libc::SYS_write, one_of(0, &[2]))
         .allow("shutdown", libc::SYS_shutdown)
         .allow("close", libc::SYS_close)
@@ -275,6 +277,7 @@ pub fn master() -> Allowlist {
         )
         .allow("dup3", libc::SYS_dup3)
         .allow("close_range", libc::SYS_close_range)
+        .allow("epoll_create1", libc::SYS_epoll_create1)
         .allow("prlimit64", libc::SYS_prlimit64)
         .allow("landlock_create_ruleset", libc::SYS_landlock_create_ruleset)
         .allow("landlock_add_rule", libc::SYS_landlock_add_rule)
@@ -310,13 +313,13 @@ mod tests {
     fn child_allowlist_is_the_documented_one() {
         // README.md ("Security") and ARCHITECTURE.md list these; change
         // them together.
-        let documented = "recvfrom sendto poll ppoll write shutdown close brk mmap munmap \
-            mremap mprotect madvise futex clock_gettime getpid gettid rt_sigreturn \
-            restart_syscall exit exit_group";
+        let documented = "recvfrom sendto poll epoll_wait ppoll epoll_pwait write shutdown \
+            close brk mmap munmap mremap mprotect madvise futex clock_gettime getpid gettid \
+            rt_sigreturn restart_syscall exit exit_group";
         assert_eq!(child().names().join(" "), documented);
         assert_eq!(
             master().len(),
-            64,
+            65,
             "master allowlist: {:?}",
             master().names()
         );

@@ -130,12 +130,6 @@ impl LogReader {
         }
     }
 
-    /// Whether the log has entries past this reader's cursor (SeqCst, for
-    /// the sleep protocol).
-    pub fn has_new(&self) -> bool {
-        self.header.log_head.load(SeqCst) != self.cursor
-    }
-
     /// Appends every new entry not from this client to `out`; returns the
     /// number of entries read. On error, `out` is left as it was.
     pub fn drain(&mut self, out: &mut Vec<u8>) -> Result<usize, LogError> {

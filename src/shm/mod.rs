@@ -11,14 +11,13 @@
 //!                   | log_head                             |
 //!  PAGE             +--------------------------------------+
 //!                   | SlotControl[max_slots], 64 B each:   |  master writes
-//!                   | gen, consumed (ring ack), evicted,   |
-//!                   | woken (last wake-up sent)            |
+//!                   | gen, consumed (ring ack), evicted    |
 //!  log_off          +--------------------------------------+
 //!                   | Relay log: LOG_BYTES ring of         |  master writes,
 //!                   | formatted lines in global order      |  children read
 //!  slots_off        +--------------------------------------+
 //!                   | Slot 0 (SLOT_SIZE, page-aligned)     |  child 0 writes,
-//!                   |   SlotHeader: head, cursor, sleep    |  master reads
+//!                   |   SlotHeader: head, cursor           |  master reads
 //!                   |   ring of child 0's input entries    |
 //!                   +--------------------------------------+
 //!                   | Slot 1 ...                           |
@@ -71,12 +70,6 @@ pub struct SlotControl {
     /// Non-zero once the master stopped waiting for this child to read the
     /// log; the child must discard what it read and leave.
     pub evicted: AtomicU64,
-    /// The child's `sleep_seq` the master last sent a wake-up for. Only the
-    /// master uses it; it lives here, in shared memory, because the master
-    /// writes it for every sleeping child on every batch: in its own heap
-    /// that write would copy a page into every child forked since (fork's
-    /// copy-on-write), which is what made idle children cost ~200 KiB each.
-    pub woken: AtomicU64,
 }
 
 /// The head of a client's slot. Written by that client's child only.
@@ -86,8 +79,6 @@ pub struct SlotHeader {
     pub head: AtomicU64,
     /// Log position up to which this child has copied the relay log.
     pub cursor: AtomicU64,
-    /// Odd while the child sleeps in poll; incremented on sleep and wake.
-    pub sleep_seq: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= PAGE);
