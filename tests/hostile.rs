@@ -389,6 +389,20 @@ fn master_out_of_fds_refuses_with_a_line() {
     assert!(srv.child.id() > 0 && common::pid_alive(srv.pid()));
 }
 
+/// The pid of the child serving `nick`, from its connect event.
+fn pid_of(srv: &Server, nick: &str) -> i32 {
+    let ev = srv
+        .log_lines()
+        .into_iter()
+        .find(|l| l.contains("event=\"connect\"") && l.ends_with(&format!("nick={nick}")))
+        .expect("connect event");
+    ev.split_whitespace()
+        .find_map(|w| w.strip_prefix("pid="))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// Reads a client's lines on a thread until every sender in `senders`
 /// (other than `me`) has said `done`; returns the lines.
 fn collect_until_done(
@@ -413,12 +427,13 @@ fn collect_until_done(
     })
 }
 
-/// Chaos under load: 100 clients, 10 of them sending 200 lines each while
-/// 20 others have their children killed with SIGKILL one after another.
-/// Every survivor gets every line of every other sender exactly once and
-/// in order, and one "left (killed by SIGKILL)" per victim; afterwards no
-/// zombie, no leaked fd, and every slot is reusable (max_clients = 100:
-/// 20 newcomers all get in).
+/// Chaos under load: 100 clients, 10 of them sending 200 lines each over
+/// about 2 s while 20 others have their children killed with SIGKILL one
+/// after another, and one more child is stopped (SIGSTOP) for about 1.5 s.
+/// Every survivor, the stopped one included, gets every line of every
+/// other sender exactly once and in order, and one "left (killed by
+/// SIGKILL)" per victim; afterwards no zombie, no leaked fd, and every slot
+/// is reusable (max_clients = 100: 20 newcomers all get in).
 #[test]
 fn kill_children_at_random_under_load() {
     let srv = Server::start(&[("max_clients", "100")]);
@@ -434,22 +449,10 @@ fn kill_children_at_random_under_load() {
             survivors.push((c, nick));
         }
     }
-    let victim_pids: Vec<i32> = victims
-        .iter()
-        .map(|(_, nick)| {
-            let ev = srv
-                .log_lines()
-                .into_iter()
-                .find(|l| l.contains("event=\"connect\"") && l.ends_with(&format!("nick={nick}")))
-                .expect("connect event");
-            ev.split_whitespace()
-                .find_map(|w| w.strip_prefix("pid="))
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let victim_pids: Vec<i32> = victims.iter().map(|(_, nick)| pid_of(&srv, nick)).collect();
     let senders: Vec<String> = survivors.iter().take(10).map(|(_, n)| n.clone()).collect();
+    let stopped_nick = survivors.last().unwrap().1.clone();
+    let stopped = nix::unistd::Pid::from_raw(pid_of(&srv, &stopped_nick));
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for (c, nick) in survivors {
@@ -459,15 +462,22 @@ fn kill_children_at_random_under_load() {
         readers.push((nick.clone(), collect_until_done(c, nick, senders.clone())));
     }
     let mut kills = victim_pids.iter();
+    use nix::sys::signal::{kill, Signal};
     for i in 0..200 {
         for (w, _) in &mut writers {
             w.write_all(format!("m {i}\n").as_bytes()).unwrap();
         }
         if i % 10 == 5 {
-            let pid = *kills.next().unwrap();
-            let pid = nix::unistd::Pid::from_raw(pid);
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+            let pid = nix::unistd::Pid::from_raw(*kills.next().unwrap());
+            kill(pid, Signal::SIGKILL).unwrap();
         }
+        match i {
+            20 => kill(stopped, Signal::SIGSTOP).unwrap(),
+            170 => kill(stopped, Signal::SIGCONT).unwrap(),
+            _ => {}
+        }
+        // Paced: the run lasts about 2 s, the stop about 1.5 s.
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     for (w, _) in &mut writers {
         w.write_all(b"done\n").unwrap();
