@@ -343,19 +343,13 @@ fn half_open_peers_are_dropped() {
     eprintln!("vanished peer with output flowing dropped after {took:?}");
 }
 
-/// The master reaches RLIMIT_NOFILE: every connection past it gets
-/// `! server busy, try again later` and is closed (event "refused", reason
-/// "out of file descriptors"), nobody hangs in the backlog, the admitted
-/// clients keep chatting, and once fds are free again clients get in.
-#[test]
-fn master_out_of_fds_refuses_with_a_line() {
-    // Room for a few clients: each keeps one fd in the master and needs
-    // three (stream, socket pair) while it is forked.
-    let srv = Server::start_limited("--nofile=28:28", &[]);
-    let (mut a, _) = srv.join();
+/// Connects `n` clients one after another; each must get an answer: the
+/// greeting (kept) or `! server busy, try again later` and a close
+/// (counted).
+fn connect_until_busy(srv: &Server, n: usize) -> (Vec<common::Client>, usize) {
     let mut admitted = Vec::new();
     let mut refused = 0;
-    for _ in 0..30 {
+    for _ in 0..n {
         let mut c = srv.connect();
         let first = c.read_line().expect("an answer, not silence");
         if first.contains("Welcome") {
@@ -366,6 +360,20 @@ fn master_out_of_fds_refuses_with_a_line() {
             refused += 1;
         }
     }
+    (admitted, refused)
+}
+
+/// The master reaches RLIMIT_NOFILE: every connection past it gets
+/// `! server busy, try again later` and is closed (event "refused", reason
+/// "out of file descriptors"), nobody hangs in the backlog, the admitted
+/// clients keep chatting, and once fds are free again clients get in.
+#[test]
+fn master_out_of_fds_refuses_with_a_line() {
+    // Room for a few clients: each keeps one fd in the master and needs
+    // three (stream, socket pair) while it is forked.
+    let srv = Server::start_limited("--nofile=28:28", &[]);
+    let (mut a, _) = srv.join();
+    let (mut admitted, refused) = connect_until_busy(&srv, 30);
     assert!(
         !admitted.is_empty() && refused > 0,
         "{} admitted",
@@ -631,19 +639,7 @@ fn fork_failure_refuses_with_a_line() {
         .arg("--config")
         .arg(&config_path);
     let srv = Server::spawn(cmd, dir, config_path);
-    let mut admitted = Vec::new();
-    let mut refused = 0;
-    for _ in 0..6 {
-        let mut c = srv.connect();
-        let first = c.read_line().expect("an answer, not silence");
-        if first.contains("Welcome") {
-            admitted.push(c);
-        } else {
-            assert_eq!(first, "! server busy, try again later");
-            assert!(c.is_closed());
-            refused += 1;
-        }
-    }
+    let (mut admitted, refused) = connect_until_busy(&srv, 6);
     assert_eq!((admitted.len(), refused), (3, 3));
     let failed = srv.wait_log("event=\"fork_failed\"");
     assert!(

@@ -94,6 +94,7 @@ pub fn run(server: &mut Server, secs: f64, every: f64) -> Result<Report> {
     let mut last_sample: Option<Instant> = None;
     // The idle master's fds (listeners, epoll, signalfd, timer, ...).
     let (_, _, fds_idle) = server.master_footprint();
+    eprint!("soak: {HEADER}");
     while Instant::now() < deadline {
         let spec = &shapes[rounds as usize % shapes.len()];
         let o = fanout::run(server, spec)?;
@@ -130,16 +131,7 @@ pub fn run(server: &mut Server, secs: f64, every: f64) -> Result<Report> {
                 fds,
                 children_left: server.children().len(),
             };
-            eprintln!(
-                "soak: {:5.0} s  {:4} rounds  {:>10} deliveries  master PSS {:6} KiB, heap {:6} KiB, {:3} fds, {} children left",
-                s.secs,
-                s.rounds,
-                s.deliveries,
-                s.pss / 1024,
-                s.anon / 1024,
-                s.fds,
-                s.children_left
-            );
+            eprint!("soak: {}", row(&s));
             samples.push(s);
         }
         if !idle {
@@ -187,22 +179,28 @@ fn verdict(samples: &[Sample]) -> Vec<String> {
     f
 }
 
+const HEADER: &str =
+    "  t (s)  rounds   deliveries  master PSS KiB  master heap KiB  master fds  children left\n";
+
+/// One line of the curve.
+fn row(s: &Sample) -> String {
+    format!(
+        "{:7.0} {:7} {:12} {:15} {:16} {:11} {:14}\n",
+        s.secs,
+        s.rounds,
+        s.deliveries,
+        s.pss / 1024,
+        s.anon / 1024,
+        s.fds,
+        s.children_left
+    )
+}
+
 /// The curve as a table.
 pub fn table(r: &Report) -> String {
-    let mut t = String::from(
-        "  t (s)  rounds   deliveries  master PSS KiB  master heap KiB  master fds  children left\n",
-    );
+    let mut t = String::from(HEADER);
     for s in &r.samples {
-        t += &format!(
-            "{:7.0} {:7} {:12} {:15} {:16} {:11} {:14}\n",
-            s.secs,
-            s.rounds,
-            s.deliveries,
-            s.pss / 1024,
-            s.anon / 1024,
-            s.fds,
-            s.children_left
-        );
+        t += &row(s);
     }
     t += &format!(
         "total: {} deliveries, lost {}, duplicates {}, corrupt {}, self-echo {}, {} rejoins\n",
