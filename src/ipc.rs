@@ -44,16 +44,6 @@ pub fn frames(tag: u8, body: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// Sends one message (`body` at most `MAX_MSG - 1` bytes) without
-/// blocking. `Ok(false)` if the socket is full.
-pub fn send_msg(fd: BorrowedFd<'_>, tag: u8, body: &[u8]) -> nix::Result<bool> {
-    debug_assert!(body.len() < MAX_MSG);
-    let mut buf = Vec::with_capacity(1 + body.len());
-    buf.push(tag);
-    buf.extend_from_slice(body);
-    send_raw(fd, &buf)
-}
-
 /// Sends an already framed message without blocking.
 pub fn send_raw(fd: BorrowedFd<'_>, msg: &[u8]) -> nix::Result<bool> {
     match send(

@@ -6,19 +6,6 @@ use common::{wait_for, Server, TIMEOUT};
 use std::io::Write;
 use std::net::TcpStream;
 
-/// Reads lines into `seen` up to and including the first that contains
-/// `needle` (unlike `Client::expect`, which drops the others).
-fn read_until(c: &mut common::Client, needle: &str, seen: &mut Vec<String>) {
-    loop {
-        let l = c.read_line().expect("still connected");
-        let found = l.contains(needle);
-        seen.push(l);
-        if found {
-            return;
-        }
-    }
-}
-
 /// 1000 clients that connect and close at once, half of them with a reset:
 /// every child is reaped, the master's fds return to where they were, each
 /// leaves a disconnect event, and chat still works.
@@ -77,14 +64,14 @@ fn ten_megabytes_without_newline_and_nul_floods() {
     let mut at_b = Vec::new();
     for i in 0..200 {
         a.send(&format!("a says {i}\n"));
-        read_until(&mut b, &format!("a says {i}"), &mut at_b);
+        b.read_until(&format!("a says {i}"), &mut at_b);
     }
     writer.join().unwrap();
     let err = f.expect("line too long");
     assert!(err.starts_with('!'), "{err}");
     let flood_line = format!("<{f_nick}> after the flood");
     if !at_b.contains(&flood_line) {
-        read_until(&mut b, &flood_line, &mut at_b);
+        b.read_until(&flood_line, &mut at_b);
     }
     assert!(
         at_b.iter().all(|l| !l.contains('\0')),
@@ -95,13 +82,7 @@ fn ten_megabytes_without_newline_and_nul_floods() {
     // The flooder's one error, and nothing of the flood, reached anyone.
     a.send("done\n");
     let mut seen = Vec::new();
-    loop {
-        let l = f.read_line().expect("flooder still connected");
-        if l.contains("done") {
-            break;
-        }
-        seen.push(l);
-    }
+    f.read_until("done", &mut seen);
     assert!(
         seen.iter().all(|l| !l.contains("line too long")),
         "one error only: {seen:?}"
@@ -182,7 +163,7 @@ fn slowloris_is_cut_off_by_the_line_timeout() {
     let mut seen = Vec::new();
     while !loris.is_finished() {
         a.send(&format!("a says {i}\n"));
-        read_until(&mut b, &format!("a says {i}"), &mut seen);
+        b.read_until(&format!("a says {i}"), &mut seen);
         i += 1;
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -197,7 +178,7 @@ fn slowloris_is_cut_off_by_the_line_timeout() {
     let ev = srv.wait_log("reason=line timeout");
     assert!(ev.contains("event=\"disconnect\""), "{ev}");
     typist.send("still here\n");
-    read_until(&mut b, "still here", &mut seen);
+    b.read_until("still here", &mut seen);
     let chat_of = |who: &str| -> Vec<&String> {
         seen.iter()
             .filter(|l| l.starts_with(&format!("<{who}>")))
@@ -410,7 +391,7 @@ fn master_out_of_fds_refuses_with_a_line() {
     a.expect(&format!("{b_nick} joined"));
     b.send("back\n");
     a.expect("back");
-    assert!(srv.child.id() > 0 && common::pid_alive(srv.pid()));
+    assert!(common::pid_alive(srv.pid()), "the master survived");
 }
 
 /// The pid of the child serving `nick`, from its connect event.

@@ -24,7 +24,6 @@ use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
 use crate::shm::Region;
 use flood::TokenBucket;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -342,7 +341,7 @@ impl Child {
 
     fn notify_master(&self) {
         // A full socket means the master has notifications waiting anyway.
-        let _ = ipc::send_msg(self.ctl.as_fd(), ipc::NOTIFY, &[]);
+        let _ = ipc::send_raw(self.ctl.as_fd(), &[ipc::NOTIFY]);
     }
 
     /// Writes queued output with one syscall per wake.
@@ -369,7 +368,7 @@ impl Child {
         Ok(())
     }
 
-    /// Sleeps in poll until the client, the master or a flood timer needs us.
+    /// Sleeps in epoll_wait until the client, the master or a timer needs us.
     fn wait(&mut self) -> Result<(), Exit> {
         let want_read = !self.client_eof;
         let can_take = self.may_take_line();
@@ -390,11 +389,16 @@ impl Child {
         // No announcement is needed before sleeping: the wake-up eventfd is
         // edge-triggered and registered, so a batch published since the log
         // was last drained has already queued an event here.
+        self.sleep(timeout).map_err(|_| Exit::Fatal("epoll failed"))
+    }
+
+    /// One `epoll_wait`: records what became readable or writable.
+    fn sleep(&mut self, timeout: EpollTimeout) -> nix::Result<()> {
         let mut events = [EpollEvent::empty(); 3];
         let n = match self.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
-            Err(_) => return Err(Exit::Fatal("epoll failed")),
+            Err(e) => return Err(e),
         };
         for ev in &events[..n] {
             match ev.data() {
@@ -470,19 +474,19 @@ impl Child {
             if self.flush().is_err() {
                 break;
             }
-            if self.sent == self.sendq.len() {
-                break;
+            if self.writable {
+                continue; // a partial write: try the rest at once
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            let mut fds = [PollFd::new(self.client.as_fd(), PollFlags::POLLOUT)];
-            let t = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            if poll(&mut fds, t).is_err() {
+            // The socket is full (EAGAIN): its next EPOLLOUT edge, or the
+            // deadline. Other events just bring another try.
+            let t = EpollTimeout::try_from(left).unwrap_or(EpollTimeout::MAX);
+            if self.sleep(t).is_err() {
                 break;
             }
-            self.writable = true;
         }
         let _ = self.client.shutdown(Shutdown::Both);
     }

@@ -143,10 +143,8 @@ pub fn child() -> Allowlist {
     a.allow("recvfrom", libc::SYS_recvfrom)
         .allow("sendto", libc::SYS_sendto);
     #[cfg(target_arch = "x86_64")]
-    a.allow("poll", libc::SYS_poll)
-        .allow("epoll_wait", libc::SYS_epoll_wait);
-    a.allow("ppoll", libc::SYS_ppoll)
-        .allow("epoll_pwait", libc::SYS_epoll_pwait)
+    a.allow("epoll_wait", libc::SYS_epoll_wait);
+    a.allow("epoll_pwait", libc::SYS_epoll_pwait)
         .allow_if("write", libc::SYS_write, one_of(0, &[2]))
         .allow("shutdown", libc::SYS_shutdown)
         .allow("close", libc::SYS_close)
@@ -313,8 +311,8 @@ mod tests {
     fn child_allowlist_is_the_documented_one() {
         // README.md ("Security") and ARCHITECTURE.md list these; change
         // them together.
-        let documented = "recvfrom sendto poll epoll_wait ppoll epoll_pwait write shutdown \
-            close brk mmap munmap mremap mprotect madvise futex clock_gettime getpid gettid \
+        let documented = "recvfrom sendto epoll_wait epoll_pwait write shutdown close brk \
+            mmap munmap mremap mprotect madvise futex clock_gettime getpid gettid \
             rt_sigreturn restart_syscall exit exit_group";
         assert_eq!(child().names().join(" "), documented);
         assert_eq!(

@@ -335,6 +335,19 @@ impl Client {
         }
     }
 
+    /// Reads lines into `seen` up to and including the first that contains
+    /// `needle` (where `expect` drops the others). Panics on EOF/timeout.
+    pub fn read_until(&mut self, needle: &str, seen: &mut Vec<String>) {
+        loop {
+            let l = self.read_line().expect("still connected");
+            let found = l.contains(needle);
+            seen.push(l);
+            if found {
+                return;
+            }
+        }
+    }
+
     /// Reads the greeting; returns the assigned nick.
     pub fn greeting(&mut self) -> String {
         let l = self.expect("Welcome");
