@@ -13,30 +13,64 @@
 //! [`Allocator`] is chatd's global allocator (`main.rs` installs it through
 //! [`Global`]) and routes by address: pointers inside the arena go to talc, all others to
 //! the system allocator. In a child, the first thing after `fork` is
-//! [`leave`]: the child gets a small arena of its own in fresh pages, so it
-//! does not write the inherited system heap either, whose pages (which the
-//! master no longer writes) stay shared by all children.
+//! [`leave`], and once the shared region is confined, [`child`]: the child
+//! gets an arena of its own in fresh pages, placed right after its view of
+//! the shared region (one page-table block for both), so it does not write
+//! the inherited system heap either, whose pages (which the master no
+//! longer writes) stay shared by all children.
 //!
 //! The rule this imposes: a child must not touch anything the master
 //! allocated after [`enter`]; it would fault on the missing mapping. What a
-//! child needs from the master (its `Spec`, the greeting) is built under
-//! [`outside`], in the system heap. Everything the master set up before
-//! [`enter`] (the region, the seccomp program, the logger) is inherited
-//! normally.
+//! child needs from the master is its `Spec` (plain values on the master's
+//! stack) and its greeting, which waits in its control socket before the
+//! fork. Everything the master set up before [`enter`] (the region, the
+//! seccomp program, the logger) is inherited normally.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
-use talc::{ErrOnOom, Span, Talc};
+use talc::{OomHandler, Span, Talc};
 
 /// Address space reserved for the master's arena (populated as used).
 pub const ARENA_BYTES: usize = 256 << 20;
-/// Address space reserved for a child's own arena (populated as used).
-pub const CHILD_ARENA_BYTES: usize = 1 << 20;
+/// Address space a child's own arena needs besides its send queue.
+pub const CHILD_ARENA_BASE: usize = 1 << 20;
+
+/// Bytes by which talc's heap grows inside the reserved mapping (at least).
+const GROW_STEP: usize = 16 << 10;
+/// What talc manages at first in a child: two pages, so that its top tag
+/// shares a page with the child's first allocations.
+const CHILD_FIRST: usize = 8 << 10;
+
+/// talc's out-of-memory handler: the heap starts small at the bottom of
+/// the reservation and grows upwards in [`GROW_STEP`]s. talc keeps a tag
+/// at the top of its heap; claiming the whole reservation at once would
+/// put that tag (and a page-table page) at its far end.
+struct Grow {
+    /// What talc manages now.
+    heap: Span,
+    /// The whole reservation.
+    limit: Span,
+}
+
+impl OomHandler for Grow {
+    fn handle_oom(talc: &mut Talc<Self>, layout: std::alloc::Layout) -> Result<(), ()> {
+        let Grow { heap, limit } = talc.oom_handler;
+        let want = (layout.size() + layout.align()).next_multiple_of(GROW_STEP);
+        let new = heap.extend(0, want).fit_within(limit);
+        if heap.is_empty() || new == heap {
+            return Err(());
+        }
+        // SAFETY: `new` extends the current heap within the reservation,
+        // which is this allocator's alone.
+        talc.oom_handler.heap = unsafe { talc.extend(heap, new) };
+        Ok(())
+    }
+}
 
 /// talc's state; its pointers refer to the arena mapping.
-struct Heap(Talc<ErrOnOom>);
+struct Heap(Talc<Grow>);
 
 // SAFETY: the raw pointers inside Talc point into the arena mapping, which
 // belongs to the process, not to a thread; the heap is only used under the
@@ -48,6 +82,9 @@ pub struct Allocator {
     heap: Mutex<Heap>,
     /// New allocations go to the arena (set by `enter`, cleared by `leave`).
     active: AtomicBool,
+    /// In a child: never `realloc` in the system heap, which may `mremap`,
+    /// a call outside the child's seccomp allowlist.
+    no_remap: AtomicBool,
     base: AtomicUsize,
     end: AtomicUsize,
 }
@@ -55,8 +92,12 @@ pub struct Allocator {
 impl Allocator {
     pub const fn new() -> Allocator {
         Allocator {
-            heap: Mutex::new(Heap(Talc::new(ErrOnOom))),
+            heap: Mutex::new(Heap(Talc::new(Grow {
+                heap: Span::empty(),
+                limit: Span::empty(),
+            }))),
             active: AtomicBool::new(false),
+            no_remap: AtomicBool::new(false),
             base: AtomicUsize::new(0),
             end: AtomicUsize::new(0),
         }
@@ -108,11 +149,12 @@ unsafe impl GlobalAlloc for Allocator {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let in_arena = self.owns(ptr);
-        if in_arena == self.active.load(Relaxed) {
-            if !in_arena {
-                // SAFETY: forwarded unchanged.
-                return unsafe { System.realloc(ptr, layout, new_size) };
-            }
+        let active = self.active.load(Relaxed);
+        if !in_arena && !active && !self.no_remap.load(Relaxed) {
+            // SAFETY: forwarded unchanged.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        if in_arena && active {
             let p = NonNull::new(ptr).expect("non-null");
             let mut h = self.heap();
             if new_size <= layout.size() {
@@ -170,22 +212,32 @@ unsafe impl GlobalAlloc for Global {
 #[error("master arena: {0}")]
 pub struct ArenaError(String);
 
-/// Maps `len` bytes of fresh private memory, `MADV_DONTFORK` if asked,
-/// and makes it the arena new allocations come from.
-fn use_arena(len: usize, dont_fork: bool) -> Result<(), ArenaError> {
+/// Maps `len` bytes of fresh private memory (at `at` if that address range
+/// is free, else where the kernel puts it), `MADV_DONTFORK` if asked, and
+/// makes it the arena new allocations come from.
+fn use_arena(
+    len: usize,
+    first: usize,
+    dont_fork: bool,
+    at: Option<usize>,
+) -> Result<(), ArenaError> {
     use nix::sys::mman::{madvise, mmap_anonymous, MapFlags, MmapAdvise, ProtFlags};
     let nz = std::num::NonZeroUsize::new(len).expect("non-empty arena");
-    // SAFETY: a fresh private anonymous mapping at an address the kernel
-    // picks; nothing else refers to it.
-    let base = unsafe {
-        mmap_anonymous(
-            None,
-            nz,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
-        )
-    }
-    .map_err(|e| ArenaError(format!("mmap: {e}")))?;
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE;
+    let at = at.and_then(std::num::NonZeroUsize::new);
+    // SAFETY: a fresh private anonymous mapping; with MAP_FIXED_NOREPLACE it
+    // fails rather than replace anything already mapped at `at`. Nothing
+    // else refers to it.
+    let placed = at.and_then(|a| {
+        unsafe { mmap_anonymous(Some(a), nz, prot, flags | MapFlags::MAP_FIXED_NOREPLACE) }.ok()
+    });
+    let base = match placed {
+        Some(b) => b,
+        // SAFETY: as above, at an address the kernel picks.
+        None => unsafe { mmap_anonymous(None, nz, prot, flags) }
+            .map_err(|e| ArenaError(format!("mmap: {e}")))?,
+    };
     if dont_fork {
         // SAFETY: the range is exactly the mapping just made.
         unsafe { madvise(base, len, MmapAdvise::MADV_DONTFORK) }
@@ -195,10 +247,15 @@ fn use_arena(len: usize, dont_fork: bool) -> Result<(), ArenaError> {
     let mut h = GLOBAL.heap();
     // A fresh talc: any previous one managed a mapping this process no
     // longer has (the master's, in a child) and is forgotten.
-    h.0 = Talc::new(ErrOnOom);
+    let limit = Span::from_base_size(base, len);
+    h.0 = Talc::new(Grow {
+        heap: Span::empty(),
+        limit,
+    });
     // SAFETY: the span is memory reserved for talc alone, never freed.
-    unsafe { h.0.claim(Span::from_base_size(base, len)) }
+    let heap = unsafe { h.0.claim(Span::from_base_size(base, first.min(len))) }
         .map_err(|()| ArenaError("talc could not claim the arena".into()))?;
+    h.0.oom_handler.heap = heap;
     GLOBAL.base.store(base as usize, Relaxed);
     GLOBAL.end.store(base as usize + len, Relaxed);
     GLOBAL.active.store(true, Relaxed);
@@ -209,26 +266,26 @@ fn use_arena(len: usize, dont_fork: bool) -> Result<(), ArenaError> {
 /// later allocations there. Does nothing useful unless [`GLOBAL`] is the
 /// global allocator (`main.rs`).
 pub fn enter() -> Result<(), ArenaError> {
-    use_arena(ARENA_BYTES, true)
+    use_arena(ARENA_BYTES, 1 << 20, true, None)
 }
 
 /// In a freshly forked child, before anything allocates: the master's
-/// arena is not mapped here. The child gets a small arena of its own, so
-/// that its allocations stay together in fresh pages instead of writing
-/// into the inherited system heap (whose pages all children share); past
-/// it, or if it cannot be mapped, the system heap.
+/// arena is not mapped here, so allocations go to the system heap until
+/// [`child`] gives the child an arena of its own.
 pub fn leave() {
     GLOBAL.active.store(false, Relaxed);
     GLOBAL.base.store(0, Relaxed);
     GLOBAL.end.store(0, Relaxed);
-    let _ = use_arena(CHILD_ARENA_BYTES, false);
+    GLOBAL.no_remap.store(true, Relaxed);
 }
 
-/// Runs `f` with the master's new allocations in the system heap, for data
-/// a child will inherit (its `Spec`).
-pub fn outside<T>(f: impl FnOnce() -> T) -> T {
-    let was = GLOBAL.active.swap(false, Relaxed);
-    let r = f();
-    GLOBAL.active.store(was, Relaxed);
-    r
+/// The child's own arena, at `at` if free: address space for `sendq_max`
+/// bytes of send queue (a `Vec` that doubles, copied when it moves) plus
+/// [`CHILD_ARENA_BASE`], populated as used. Its allocations stay together
+/// in fresh pages instead of writing into the inherited system heap (whose
+/// pages all children share). Past it, or if it cannot be mapped, the
+/// system heap.
+pub fn child(at: *mut u8, sendq_max: usize) {
+    let len = CHILD_ARENA_BASE + sendq_max.saturating_mul(4);
+    let _ = use_arena(len, CHILD_FIRST, false, Some(at as usize));
 }

@@ -66,6 +66,35 @@ pub fn recv_msg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> nix::Result<Option<usize>
     }
 }
 
+/// What [`recv_append`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// No message is waiting.
+    Empty,
+    /// The other end closed.
+    Eof,
+    /// A message with this tag; a `TEXT` or `CLOSE` body was appended.
+    Msg(u8),
+}
+
+/// Receives one message and appends its body, if it is `TEXT` or `CLOSE`,
+/// to `out` (the child's send queue). The datagram lands on the stack
+/// first, so that `out` grows only by what it keeps.
+pub fn recv_append(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> nix::Result<Recv> {
+    let mut buf = [0u8; MAX_MSG];
+    match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => Ok(Recv::Eof),
+        Ok(n) => {
+            if buf[0] == TEXT || buf[0] == CLOSE {
+                out.extend_from_slice(&buf[1..n]);
+            }
+            Ok(Recv::Msg(buf[0]))
+        }
+        Err(Errno::EAGAIN) => Ok(Recv::Empty),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +111,29 @@ mod tests {
         assert_eq!(f[2][0], CLOSE);
         let joined: Vec<u8> = f.iter().flat_map(|m| m[1..].to_vec()).collect();
         assert_eq!(joined, body);
+    }
+
+    #[test]
+    fn received_bodies_are_appended_without_their_tag() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        use std::os::fd::AsFd;
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
+        let mut q = b"queued ".to_vec();
+        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Empty));
+        for m in [&b"Thello "[..], b"Nignored", b"Cbye"] {
+            assert!(send_raw(a.as_fd(), m).unwrap());
+        }
+        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Msg(TEXT)));
+        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Msg(NOTIFY)));
+        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Msg(CLOSE)));
+        assert_eq!(q, b"queued hello bye");
+        drop(a);
+        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Eof));
     }
 }

@@ -50,7 +50,14 @@ fn forbidden_syscalls_die_by_sigsys_and_are_logged() {
     let server = Server::start(&[]);
     let (mut a, _) = server.join();
     let (mut b, _) = server.join();
-    let faults = ["openat", "socket", "execve", "ptrace", "mprotect-other"];
+    let faults = [
+        "openat",
+        "socket",
+        "execve",
+        "ptrace",
+        "mprotect-other",
+        "mremap-grow",
+    ];
     for (i, fault) in faults.iter().enumerate() {
         fault_kills(&server, &mut a, &mut b, fault, "event=\"security\"", i + 1);
         let line = server.wait_log_n("event=\"security\"", i + 1);
@@ -64,27 +71,34 @@ fn forbidden_syscalls_die_by_sigsys_and_are_logged() {
             assert!(line.contains(field), "{field} in {line}");
         }
     }
-    // All five children are gone; the two chatting ones remain.
+    // All six children are gone; the two chatting ones remain.
     wait_for(TIMEOUT, || (server.children().len() == 2).then_some(())).expect("children reaped");
 }
 
 #[test]
-fn writing_another_clients_slot_faults() {
-    let server = Server::start(&[]);
-    // `a` holds slot 0, the slot the faulting child writes into.
+fn writing_another_clients_slot_or_the_log_faults() {
+    let server = Server::start(&[("max_clients", "8")]);
+    // `a` and `b` hold slots 0 and 1; the faulting children write where
+    // the last slot is in the master (unmapped in a child) and into the
+    // read-only relay log.
     let (mut a, a_nick) = server.join();
-    let (mut b, _) = server.join();
-    fault_kills(
-        &server,
-        &mut a,
-        &mut b,
-        "write-other",
-        "killed by SIGSEGV",
-        1,
-    );
-    // Slot 0 still works both ways.
+    let (mut b, b_nick) = server.join();
+    for (i, fault) in ["write-other", "write-log"].iter().enumerate() {
+        // Two log lines per death: child_died, then disconnect.
+        fault_kills(
+            &server,
+            &mut a,
+            &mut b,
+            fault,
+            "killed by SIGSEGV",
+            2 * i + 1,
+        );
+    }
+    // Both slots and the log still work both ways.
     a.send("slot zero intact\n");
     b.expect(&format!("<{a_nick}> slot zero intact"));
+    b.send("slot one intact\n");
+    a.expect(&format!("<{b_nick}> slot one intact"));
 }
 
 #[test]

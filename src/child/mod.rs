@@ -30,12 +30,12 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// Everything the master decided for this client before forking.
+/// Everything the master decided for this client before forking: plain
+/// values, nothing on the heap (the greeting waits in the control socket).
+#[derive(Clone, Copy)]
 pub struct Spec {
     pub slot: usize,
     pub client_id: u64,
-    /// Greeting and MOTD lines, already formatted.
-    pub greeting: String,
     pub max_line: usize,
     pub max_sendq: usize,
     pub flood_burst: u32,
@@ -44,6 +44,9 @@ pub struct Spec {
     pub line_timeout: Option<Duration>,
 }
 
+/// Bytes read from the client at a time, besides room for one whole line
+/// (one page for both at the default `max_line`).
+const READ_CHUNK: usize = 2048;
 /// Longest `/quit` reason forwarded.
 const MAX_REASON: usize = 128;
 /// Ring space kept free so that the final `Quit` entry always fits.
@@ -92,11 +95,11 @@ struct Child {
     client_eof: bool,
     readable: bool,
     writable: bool,
-    ctl_buf: Vec<u8>,
 }
 
 /// Runs the child's loop for one client until it leaves, then exits the
-/// process. Never returns.
+/// process. Never returns. The greeting is the first control message;
+/// `note` (fault-injection builds) follows it.
 pub fn run(
     region: &'static Region,
     spec: Spec,
@@ -104,9 +107,10 @@ pub fn run(
     ctl: OwnedFd,
     wake: OwnedFd,
     epoll: Epoll,
+    note: Option<String>,
 ) -> ! {
     let mut child = Child {
-        lines: LineReader::new(spec.max_line, 4096),
+        lines: LineReader::new(spec.max_line, READ_CHUNK),
         ring: RingWriter::new(region, spec.slot),
         log: LogReader::new(region, spec.slot, spec.client_id),
         epoll,
@@ -114,22 +118,27 @@ pub fn run(
         ctl_ready: true,
         flood: TokenBucket::new(spec.flood_burst, spec.flood_rate),
         last_flood_notice: None,
-        sendq: Vec::with_capacity(4096),
+        sendq: Vec::new(),
         sent: 0,
         partial_since: None,
         client_eof: false,
         readable: true,
         writable: true,
-        ctl_buf: vec![0; ipc::MAX_MSG],
         region,
         client,
         ctl,
         spec,
     };
-    child
-        .sendq
-        .extend_from_slice(child.spec.greeting.as_bytes());
-    let exit = child.run();
+    // The greeting was queued on the control socket before the fork.
+    let exit = match child.handle_ctl() {
+        Some(e) => e,
+        None => {
+            if let Some(n) = note {
+                child.sendq.extend_from_slice(n.as_bytes());
+            }
+            child.run()
+        }
+    };
     child.finish(exit);
     setup::exit(0)
 }
@@ -178,17 +187,11 @@ impl Child {
             return None;
         }
         loop {
-            match ipc::recv_msg(self.ctl.as_fd(), &mut self.ctl_buf) {
-                Ok(None) => return None,
-                Ok(Some(0)) | Err(_) => return Some(Exit::Fatal("master gone")),
-                Ok(Some(n)) => match self.ctl_buf[0] {
-                    ipc::TEXT => self.sendq.extend_from_slice(&self.ctl_buf[1..n]),
-                    ipc::CLOSE => {
-                        self.sendq.extend_from_slice(&self.ctl_buf[1..n]);
-                        return Some(Exit::ClosedByMaster);
-                    }
-                    _ => {}
-                },
+            match ipc::recv_append(self.ctl.as_fd(), &mut self.sendq) {
+                Ok(ipc::Recv::Empty) => return None,
+                Ok(ipc::Recv::Eof) | Err(_) => return Some(Exit::Fatal("master gone")),
+                Ok(ipc::Recv::Msg(ipc::CLOSE)) => return Some(Exit::ClosedByMaster),
+                Ok(ipc::Recv::Msg(_)) => {}
             }
         }
     }

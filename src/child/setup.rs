@@ -1,7 +1,14 @@
 //! The child's set-up right after fork, before it reads a single byte.
 //!
-//! One sequence, in order; any failure is fatal (the child writes one line
-//! naming the step to stderr and exits with status 70):
+//! First, right after fork and before anything allocates, [`confine_memory`]:
+//! the master's arena is gone (`crate::arena::leave`); the shared region is
+//! cut down to what this child may see, read-only except its own slot (see
+//! [`crate::shm::Region::confine_to_slot`]); the child's own arena goes
+//! right after it.
+//!
+//! Then [`prepare`], one sequence, in order; any failure is fatal (the
+//! child writes one line naming the step to stderr and exits with status
+//! 70):
 //! 1. a panic hook that writes one line to stderr and `_exit`s (under the
 //!    seccomp filter a normal panic would die confusingly of SIGSYS);
 //! 2. signals: unblock everything the master blocked for its signalfd;
@@ -15,11 +22,10 @@
 //!    (listeners, other children's sockets, the signalfd, epoll, timerfd,
 //!    the config directory, the notify socket); then the child's own epoll
 //!    instance (on fd 0) over the three;
-//! 5. shared memory: read-only except this client's own slot;
-//! 6. rlimits: NPROC, FSIZE, CORE 0, NOFILE 6 (fds 0 to 5);
-//! 7. Landlock: no filesystem access (and no TCP bind/connect, no signals
+//! 5. rlimits: NPROC, FSIZE, CORE 0, NOFILE 6 (fds 0 to 5);
+//! 6. Landlock: no filesystem access (and no TCP bind/connect, no signals
 //!    or abstract sockets outside the child) where the kernel has it;
-//! 8. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
+//! 7. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
 //!    stacked on the master's inherited filter.
 //!
 //! When the master started as root, the child also inherits its chroot in
@@ -55,9 +61,16 @@ pub fn exit(code: i32) -> ! {
 /// What the sandbox needs to know about this child.
 pub struct Jail<'a> {
     pub master: Pid,
-    pub region: &'static Region,
-    pub slot: usize,
     pub filter: &'a seccompiler::BpfProgram,
+}
+
+/// The first step after fork (after `crate::arena::leave`): the shared
+/// region confined to this child's view, its own arena right after it.
+/// Returns the child's view, the only one to use from here on.
+pub fn confine_memory(region: &Region, slot: usize, max_sendq: usize) -> &'static Region {
+    let view = step("shared memory protection", region.confine_to_slot(slot));
+    crate::arena::child(view.end_of_child_view(), max_sendq);
+    Box::leak(Box::new(view))
 }
 
 /// The child's fds at their fixed numbers, once confined.
@@ -72,7 +85,7 @@ pub struct Prepared {
     pub fault_note: Option<String>,
 }
 
-/// Runs steps 1–8. `wake` is the master's wake-up eventfd as inherited by
+/// Runs steps 1–7. `wake` is the master's wake-up eventfd as inherited by
 /// fork (the child owns its copy of every fd).
 pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Prepared {
     std::panic::set_hook(Box::new(|info| {
@@ -93,10 +106,6 @@ pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Pr
     let wake = unsafe { OwnedFd::from_raw_fd(wake) };
     let (client, ctl, wake) = step("fd cleanup", arrange_fds(client, ctl, wake));
     let epoll = step("epoll", child_epoll(&client, &ctl, &wake));
-    step(
-        "shared memory protection",
-        jail.region.confine_to_slot(jail.slot),
-    );
     step("rlimits", rlimits::confine_child(WAKE_FD as u64 + 1));
     step("landlock", landlock::restrict_all());
     #[cfg(feature = "fault-injection")]

@@ -9,7 +9,9 @@
 use super::clients::new_client;
 use super::Master;
 use crate::child::{self, Spec};
+use crate::ipc;
 use crate::protocol::{ERR, NOTICE};
+use anyhow::anyhow;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
 use nix::unistd::{fork, ForkResult};
@@ -193,19 +195,28 @@ impl Master {
         // Users cannot choose guest-* nicks, and serials never repeat.
         let nick = format!("guest-{serial}");
         let online = self.clients.online() + 1;
-        // The child reads its Spec, so it must not live in the master's
-        // arena, which the child does not inherit.
-        let spec = crate::arena::outside(|| Spec {
+        // The greeting waits in the child's control socket before the fork:
+        // it comes before anything else the child reads there or relays, and
+        // the child needs nothing the master allocated (see crate::arena).
+        let greeting = self.greeting(&nick, online);
+        for msg in ipc::frames(ipc::TEXT, greeting.as_bytes()) {
+            match ipc::send_raw(mine.as_fd(), &msg) {
+                Ok(true) => {}
+                Ok(false) => return Err((anyhow!("control socket full"), stream)),
+                Err(e) => return Err((e.into(), stream)),
+            }
+        }
+        // Plain values, on this stack: the child inherits them as they are.
+        let spec = Spec {
             slot,
             client_id: id,
-            greeting: self.greeting(&nick, online),
             max_line: self.cfg.max_line,
             max_sendq: self.cfg.max_sendq,
             flood_burst: self.cfg.flood_burst,
             flood_rate: self.cfg.flood_rate,
             line_timeout: (self.cfg.line_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.cfg.line_timeout)),
-        });
+        };
         // SAFETY: the master is single-threaded, so the child gets a
         // consistent copy of all state; the child only runs `child::setup`
         // and `child::run` and leaves through `_exit`, never returning into
@@ -218,20 +229,15 @@ impl Master {
             ForkResult::Child => {
                 // Before anything allocates: the arena is not mapped here.
                 crate::arena::leave();
-                let mut spec = spec;
+                let region = child::setup::confine_memory(self.region, slot, spec.max_sendq);
                 let jail = child::setup::Jail {
                     master: self.pid,
-                    region: self.region,
-                    slot,
                     filter: &self.child_filter,
                 };
                 let wake = std::os::fd::AsRawFd::as_raw_fd(&self.wake);
                 let p = child::setup::prepare(jail, OwnedFd::from(stream), theirs, wake);
-                if let Some(note) = p.fault_note {
-                    spec.greeting.push_str(&note);
-                }
                 let client = TcpStream::from(p.client);
-                child::run(self.region, spec, client, p.ctl, p.wake, p.epoll)
+                child::run(region, spec, client, p.ctl, p.wake, p.epoll, p.fault_note)
             }
             ForkResult::Parent { child: pid } => {
                 drop(theirs);

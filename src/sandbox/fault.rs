@@ -8,8 +8,11 @@
 //!   its own.
 //! - `/fault NAME` typed by a client makes its child do something the sandbox
 //!   forbids: `openat`, `socket`, `execve`, `ptrace`, `mprotect-other` (make
-//!   another client's slot writable) are seccomp violations (SIGSYS);
-//!   `write-other` writes to another client's slot (SIGSEGV); `panic` panics.
+//!   another client's slot writable), `mremap-grow` (grow the own slot's
+//!   mapping over the next slot) are seccomp violations (SIGSYS);
+//!   `write-other` writes where another client's slot is in the master
+//!   (unmapped in a child: SIGSEGV), `write-log` into the read-only relay
+//!   log (SIGSEGV); `panic` panics.
 
 use crate::shm::Region;
 
@@ -35,8 +38,11 @@ pub fn trigger(name: &str, region: &Region, own_slot: usize) -> String {
     if region.layout().max_slots < 2 {
         return format!("{}fault needs max_clients >= 2\n", crate::protocol::ERR);
     }
-    let other = if own_slot == 0 { 1 } else { 0 };
+    // Not slot 0: a child's own slot now sits at slot 0's place.
+    let last = region.layout().max_slots - 1;
+    let other = if own_slot == last { last - 1 } else { last };
     let other_slot = region.layout().slot_range(other);
+    let own_start = region.layout().slots_off;
     match name {
         // SAFETY: a C string literal and plain flags; the call is meant to
         // be refused by the filter.
@@ -67,10 +73,29 @@ pub fn trigger(name: &str, region: &Region, own_slot: usize) -> String {
                 libc::PROT_READ | libc::PROT_WRITE,
             );
         },
-        // SAFETY: the address is inside the mapping (another slot, 512
-        // bytes in); the page is read-only here, so the store faults.
+        // SAFETY: the range is this child's own slot, at slots_off; growing
+        // it would map the next slot's memfd pages writable, and the call
+        // is meant to be refused by the filter.
+        "mremap-grow" => unsafe {
+            let p = libc::mremap(
+                region.raw_ptr(own_start).cast(),
+                crate::shm::SLOT_SIZE,
+                2 * crate::shm::SLOT_SIZE,
+                libc::MREMAP_MAYMOVE,
+            );
+            if p != libc::MAP_FAILED {
+                std::ptr::write_volatile(p.cast::<u8>().add(crate::shm::SLOT_SIZE + 512), 0xAB);
+            }
+        },
+        // SAFETY: the address is where another slot lies in the master's
+        // view (512 bytes in); a child has it unmapped, so the store faults.
         "write-other" => unsafe {
             std::ptr::write_volatile(region.raw_ptr(other_slot.start + 512), 0xAB);
+        },
+        // SAFETY: the address is inside the relay log, read-only in a
+        // child, so the store faults.
+        "write-log" => unsafe {
+            std::ptr::write_volatile(region.raw_ptr(region.layout().log_off + 512), 0xAB);
         },
         "panic" => panic!("fault injection"),
         _ => return format!("{}unknown fault {name}\n", crate::protocol::ERR),

@@ -11,8 +11,11 @@
 //! no socket, no exec, no fork, no kill. Argument filters: `write` only to
 //! stderr (the panic line; the client socket uses `sendto`), `mmap` only
 //! private anonymous memory without PROT_EXEC, `mprotect` never to writable
-//! or executable (so the read-only view of other clients' slots stays
+//! or executable (so the read-only view of the shared region stays
 //! read-only), `madvise` only MADV_DONTNEED, `futex` only private wait/wake.
+//! No `mremap`: growing the child's own writable slot mapping would extend
+//! it over the next slot's pages of the memfd (the child's allocator never
+//! needs it; see `crate::arena`).
 //! [`CHILD_MAX`] bounds its length; a test holds it there.
 
 use super::{Step, StepError};
@@ -151,7 +154,6 @@ pub fn child() -> Allowlist {
         .allow("brk", libc::SYS_brk)
         .allow_if("mmap", libc::SYS_mmap, mmap_rule())
         .allow("munmap", libc::SYS_munmap)
-        .allow("mremap", libc::SYS_mremap)
         .allow_if(
             "mprotect",
             libc::SYS_mprotect,
@@ -300,7 +302,7 @@ mod tests {
             c.names()
         );
         for forbidden in [
-            "openat", "socket", "execve", "ptrace", "clone", "kill", "connect",
+            "openat", "socket", "execve", "ptrace", "clone", "kill", "connect", "mremap",
         ] {
             assert!(!c.names().contains(&forbidden), "{forbidden} in child list");
         }
@@ -312,7 +314,7 @@ mod tests {
         // README.md ("Security") and ARCHITECTURE.md list these; change
         // them together.
         let documented = "recvfrom sendto epoll_wait epoll_pwait write shutdown close brk \
-            mmap munmap mremap mprotect madvise futex clock_gettime getpid gettid \
+            mmap munmap mprotect madvise futex clock_gettime getpid gettid \
             rt_sigreturn restart_syscall exit exit_group";
         assert_eq!(child().names().join(" "), documented);
         assert_eq!(

@@ -1,9 +1,19 @@
 //! The shared-memory region: layout, creation and typed views.
 //!
 //! The master creates one region from a memfd before it forks anything and
-//! maps it `MAP_SHARED`; every child inherits the mapping. Nothing in it is
-//! a lock: each part has exactly one writing process, and readers treat what
-//! they read as untrusted input (see [`ring`] and [`log`]).
+//! maps it `MAP_SHARED` at a 2 MiB-aligned address; every child inherits
+//! the mapping. Nothing in it is a lock: each part has exactly one writing
+//! process, and readers treat what they read as untrusted input (see
+//! [`ring`] and [`log`]).
+//!
+//! A child keeps only what it needs ([`Region::confine_to_slot`]): the
+//! header, the control array and the log, read-only, and its own slot,
+//! moved to `slots_off`, writable. Every other slot is unmapped in the
+//! child, so it can neither write nor read another client's input. The
+//! child's view is then one contiguous range from the aligned start, which
+//! with the child's own small heap placed right after it
+//! ([`crate::arena`]) lies in one 2 MiB page-table block: one page of page
+//! tables for all of it, instead of one per scattered part.
 //!
 //! ```text
 //!  offset 0         +--------------------------------------+
@@ -22,6 +32,9 @@
 //!                   +--------------------------------------+
 //!                   | Slot 1 ...                           |
 //!                   +--------------------------------------+
+//!
+//!  a child's view:  [header | control | log] read-only, then its own slot
+//!                   at slots_off (read-write), then its own heap
 //! ```
 //!
 //! The message path: a child validates a client line and appends it to its
@@ -35,14 +48,19 @@ pub mod log;
 pub mod ring;
 mod words;
 
-use memmap2::MmapMut;
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{mmap, mmap_anonymous, mremap, munmap, MRemapFlags, MapFlags, ProtFlags};
+use std::ffi::c_void;
 use std::fs::File;
 use std::io;
-use std::sync::atomic::AtomicU64;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Page size assumed for the layout (x86_64 and aarch64 with 4 KiB pages).
 pub const PAGE: usize = 4096;
+/// The region starts on this boundary: the span one page-table page maps.
+pub const BLOCK: usize = 2 << 20;
 /// Bytes per client slot: a 64-byte header and the client's input ring.
 pub const SLOT_SIZE: usize = 4 * PAGE;
 /// Bytes of the relay log.
@@ -123,14 +141,30 @@ impl Layout {
     }
 }
 
-/// The mapped region. Cloned into every child by fork.
+/// The mapped region. Inherited by every child through fork; leaked, so the
+/// mapping lives as long as the process.
 pub struct Region {
-    map: MmapMut,
+    base: NonNull<u8>,
     layout: Layout,
+    /// A child's view ([`Region::confine_to_slot`]): its slot, mapped at
+    /// `slots_off`; None in the master's view.
+    own: Option<usize>,
+}
+
+// SAFETY: the mapping is shared memory that every access reaches through
+// atomics (see `at` and `words`); the pointer itself never changes, so the
+// region may be used from any thread.
+unsafe impl Send for Region {}
+// SAFETY: as above.
+unsafe impl Sync for Region {}
+
+fn nz(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).expect("non-empty range")
 }
 
 impl Region {
-    /// Creates an anonymous memfd of the right size and maps it shared.
+    /// Creates an anonymous memfd of the right size and maps it shared, at
+    /// a [`BLOCK`]-aligned address.
     pub fn create(max_slots: usize) -> io::Result<Region> {
         let layout = Layout::new(max_slots);
         let fd = memfd_create(
@@ -140,19 +174,57 @@ impl Region {
         .map_err(io::Error::from)?;
         let file = File::from(fd);
         file.set_len(layout.len as u64)?;
-        // SAFETY: the memfd is private to this process tree (it has no name in
-        // any filesystem and is closed right after mapping), so no other
-        // program can truncate it under the mapping. All access to the mapped
-        // bytes goes through atomics, which is sound for memory written
-        // concurrently by other processes.
-        let map = unsafe { MmapMut::map_mut(&file)? };
-        let region = Region { map, layout };
+        // Reserve len + BLOCK of address space, map the memfd over its first
+        // aligned address, give back the rest.
+        let span = layout.len + BLOCK;
+        // SAFETY: a fresh inaccessible reservation at an address the kernel
+        // picks; nothing refers to it.
+        let hold = unsafe {
+            mmap_anonymous(
+                None,
+                nz(span),
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )
+        }?;
+        let start = hold.as_ptr() as usize;
+        let aligned = start.next_multiple_of(BLOCK);
+        // SAFETY: [aligned, aligned + len) lies inside the reservation just
+        // made (aligned - start < BLOCK), so MAP_FIXED replaces only it. The
+        // memfd is private to this process tree (no name in any filesystem,
+        // closed right after mapping), so nobody can truncate it under the
+        // mapping; all access to the bytes goes through atomics, which is
+        // sound for memory written concurrently by other processes.
+        let base = unsafe {
+            mmap(
+                NonZeroUsize::new(aligned),
+                nz(layout.len),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
+                &file,
+                0,
+            )
+        }?;
+        for (from, to) in [(start, aligned), (aligned + layout.len, start + span)] {
+            if from < to {
+                // SAFETY: what is left of the reservation outside the region.
+                unsafe {
+                    munmap(
+                        NonNull::new(from as *mut c_void).expect("non-null"),
+                        to - from,
+                    )
+                }?;
+            }
+        }
+        let region = Region {
+            base: base.cast(),
+            layout,
+            own: None,
+        };
         let h = region.header();
-        h.magic.store(MAGIC, std::sync::atomic::Ordering::Relaxed);
-        h.max_slots
-            .store(max_slots as u64, std::sync::atomic::Ordering::Relaxed);
-        h.log_bytes
-            .store(LOG_BYTES as u64, std::sync::atomic::Ordering::Relaxed);
+        h.magic.store(MAGIC, Relaxed);
+        h.max_slots.store(max_slots as u64, Relaxed);
+        h.log_bytes.store(LOG_BYTES as u64, Relaxed);
         Ok(region)
     }
 
@@ -167,13 +239,26 @@ impl Region {
         // page-aligned); T is one of this module's repr(C) structs of atomics
         // or an atomic, for which every bit pattern is valid and shared
         // mutation is sound. The reference lives no longer than the mapping.
-        unsafe { &*(self.map.as_ptr().add(off) as *const T) }
+        unsafe { &*(self.base.as_ptr().add(off) as *const T) }
     }
 
     fn words(&self, off: usize, n: usize) -> &[AtomicU64] {
         assert!(off + n * 8 <= self.layout.len && off % 8 == 0);
         // SAFETY: as in `at`: in bounds, 8-aligned, AtomicU64 accepts any bits.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(off) as *const AtomicU64, n) }
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off) as *const AtomicU64, n) }
+    }
+
+    /// Where slot `slot` starts in this process: in a confined child, its
+    /// own slot sits at `slots_off` and no other slot is mapped.
+    fn slot_off(&self, slot: usize) -> usize {
+        assert!(slot < self.layout.max_slots);
+        match self.own {
+            None => self.layout.slot_range(slot).start,
+            Some(own) => {
+                assert_eq!(slot, own, "another client's slot is not mapped here");
+                self.layout.slots_off
+            }
+        }
     }
 
     pub fn header(&self) -> &Header {
@@ -186,38 +271,69 @@ impl Region {
     }
 
     pub fn slot_header(&self, slot: usize) -> &SlotHeader {
-        assert!(slot < self.layout.max_slots);
-        self.at(self.layout.slot_range(slot).start)
+        self.at(self.slot_off(slot))
     }
 
     pub fn ring(&self, slot: usize) -> &[AtomicU64] {
-        assert!(slot < self.layout.max_slots);
-        let off = self.layout.slot_range(slot).start + std::mem::size_of::<SlotHeader>();
+        let off = self.slot_off(slot) + std::mem::size_of::<SlotHeader>();
         self.words(off, RING_WORDS)
     }
 
-    /// Makes every page of the region read-only in this process except slot
-    /// `own`: a child may write its own slot and nothing else it shares.
-    /// The seccomp filter then forbids making any of it writable again.
-    pub fn confine_to_slot(&self, own: usize) -> io::Result<()> {
+    /// In a child: keeps slot `own` writable, moved to `slots_off`; unmaps
+    /// every other slot and makes the rest read-only. The seccomp filter then
+    /// forbids making any of it writable again, and forbids `mremap`, which
+    /// could grow the slot's mapping over the next one. Returns the child's
+    /// view of the region (a new value, so that the page holding the
+    /// master's `Region`, shared by all children, stays unwritten); the
+    /// master's view must not be used in this process afterwards.
+    pub fn confine_to_slot(&self, own: usize) -> io::Result<Region> {
         assert!(own < self.layout.max_slots);
-        let own = self.layout.slot_range(own);
-        let base = self.map.as_ptr() as *mut libc::c_void;
-        for (start, end) in [(0, own.start), (own.end, self.layout.len)] {
-            if start == end {
-                continue;
-            }
-            // SAFETY: [start, end) lies within this mapping and is
-            // page-aligned (slot ranges are); the mapping outlives the
-            // process (the region is leaked), and no code writes these pages
-            // in a child (single writer per part; see the module docs), so
-            // no Rust reference is invalidated by removing write access.
-            let r = unsafe { libc::mprotect(base.add(start), end - start, libc::PROT_READ) };
-            if r != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        assert!(self.own.is_none(), "confined twice");
+        let l = self.layout;
+        let at = |off: usize| -> NonNull<c_void> {
+            // SAFETY: off <= len, inside (or one past) the mapping.
+            NonNull::new(unsafe { self.base.as_ptr().add(off) }.cast()).expect("non-null")
+        };
+        let mine = l.slot_range(own);
+        if mine.start != l.slots_off {
+            // SAFETY: both ranges are page-aligned slots of this mapping; the
+            // target (slot 0's place) is replaced, which this child never
+            // uses; no Rust reference into either range exists yet (the
+            // child's ring and log views are made after this).
+            unsafe {
+                mremap(
+                    at(mine.start),
+                    SLOT_SIZE,
+                    SLOT_SIZE,
+                    MRemapFlags::MREMAP_MAYMOVE | MRemapFlags::MREMAP_FIXED,
+                    Some(at(l.slots_off)),
+                )
+            }?;
         }
-        Ok(())
+        let rest = l.slots_off + SLOT_SIZE;
+        if rest < l.len {
+            // SAFETY: the other slots, which this child never touches (and
+            // cannot through the returned view: `slot_off` refuses them).
+            unsafe { munmap(at(rest), l.len - rest) }?;
+        }
+        // SAFETY: [0, slots_off) is page-aligned and inside the mapping; no
+        // code writes these parts in a child (single writer per part; see the
+        // module docs), so removing write access invalidates nothing.
+        let r = unsafe { libc::mprotect(at(0).as_ptr(), l.slots_off, libc::PROT_READ) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Region {
+            base: self.base,
+            layout: l,
+            own: Some(own),
+        })
+    }
+
+    /// The first address past a child's view, where its own heap goes.
+    pub fn end_of_child_view(&self) -> *mut u8 {
+        // SAFETY: slots_off + SLOT_SIZE <= len: one past the first slot.
+        unsafe { self.base.as_ptr().add(self.layout.slots_off + SLOT_SIZE) }
     }
 
     /// The address of byte `off` of the mapping, for the fault tests.
@@ -225,7 +341,7 @@ impl Region {
     pub fn raw_ptr(&self, off: usize) -> *mut u8 {
         assert!(off < self.layout.len);
         // SAFETY: in bounds of the mapping (asserted).
-        unsafe { (self.map.as_ptr() as *mut u8).add(off) }
+        unsafe { self.base.as_ptr().add(off) }
     }
 
     pub fn log(&self) -> &[AtomicU64] {
@@ -247,19 +363,36 @@ mod tests {
     }
 
     #[test]
+    fn region_is_block_aligned() {
+        let r = Region::create(3).unwrap();
+        assert_eq!(r.header() as *const Header as usize % BLOCK, 0);
+    }
+
+    #[test]
     fn region_is_shared_across_fork() {
         use std::sync::atomic::Ordering;
         let r = Region::create(4).unwrap();
         // SAFETY: the child only stores to the shared mapping and _exits.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
-                r.slot_header(2).cursor.store(42, Ordering::SeqCst);
+                // Confined like a chatd child: slot 2 moves, the view shrinks.
+                let Ok(v) = r.confine_to_slot(2) else {
+                    // SAFETY: as below.
+                    unsafe { libc::_exit(1) };
+                };
+                let base = v.header() as *const Header as usize;
+                let ok = v.end_of_child_view() as usize == base + v.layout().slots_off + SLOT_SIZE;
+                v.slot_header(2).cursor.store(42, Ordering::SeqCst);
+                v.ring(2)[0].store(7, Ordering::SeqCst);
                 // SAFETY: _exit is async-signal-safe and skips the test harness.
-                unsafe { libc::_exit(0) };
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
             }
             nix::unistd::ForkResult::Parent { child } => {
-                nix::sys::wait::waitpid(child, None).unwrap();
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
                 assert_eq!(r.slot_header(2).cursor.load(Ordering::SeqCst), 42);
+                assert_eq!(r.ring(2)[0].load(Ordering::SeqCst), 7);
+                assert_eq!(r.slot_header(0).cursor.load(Ordering::SeqCst), 0);
             }
         }
     }
