@@ -35,10 +35,13 @@ use talc::{OomHandler, Span, Talc};
 /// Address space reserved for the master's arena (populated as used).
 pub const ARENA_BYTES: usize = 256 << 20;
 /// Address space a child's own arena needs besides its send queue.
-pub const CHILD_ARENA_BASE: usize = 1 << 20;
+const CHILD_ARENA_BASE: usize = 1 << 20;
 
 /// Bytes by which talc's heap grows inside the reserved mapping (at least).
 const GROW_STEP: usize = 16 << 10;
+/// What talc manages at first in the master (fewer extensions while it
+/// sets up its tables).
+const MASTER_FIRST: usize = 1 << 20;
 /// What talc manages at first in a child: two pages, so that its top tag
 /// shares a page with the child's first allocations.
 const CHILD_FIRST: usize = 8 << 10;
@@ -266,7 +269,7 @@ fn use_arena(
 /// later allocations there. Does nothing useful unless [`GLOBAL`] is the
 /// global allocator (`main.rs`).
 pub fn enter() -> Result<(), ArenaError> {
-    use_arena(ARENA_BYTES, 1 << 20, true, None)
+    use_arena(ARENA_BYTES, MASTER_FIRST, true, None)
 }
 
 /// In a freshly forked child, before anything allocates: the master's

@@ -82,17 +82,16 @@ pub enum Recv {
 /// first, so that `out` grows only by what it keeps.
 pub fn recv_append(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> nix::Result<Recv> {
     let mut buf = [0u8; MAX_MSG];
-    match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-        Ok(0) => Ok(Recv::Eof),
-        Ok(n) => {
+    Ok(match recv_msg(fd, &mut buf)? {
+        None => Recv::Empty,
+        Some(0) => Recv::Eof,
+        Some(n) => {
             if buf[0] == TEXT || buf[0] == CLOSE {
                 out.extend_from_slice(&buf[1..n]);
             }
-            Ok(Recv::Msg(buf[0]))
+            Recv::Msg(buf[0])
         }
-        Err(Errno::EAGAIN) => Ok(Recv::Empty),
-        Err(e) => Err(e),
-    }
+    })
 }
 
 #[cfg(test)]

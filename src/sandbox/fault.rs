@@ -35,10 +35,11 @@ pub fn before_seccomp() -> Option<String> {
 
 /// Performs the named fault. Returns only for an unknown name.
 pub fn trigger(name: &str, region: &Region, own_slot: usize) -> String {
-    if region.layout().max_slots < 2 {
-        return format!("{}fault needs max_clients >= 2\n", crate::protocol::ERR);
+    // Three slots, so that the other slot below is neither this child's
+    // nor slot 0, whose place this child's own slot now takes.
+    if region.layout().max_slots < 3 {
+        return format!("{}fault needs max_clients >= 3\n", crate::protocol::ERR);
     }
-    // Not slot 0: a child's own slot now sits at slot 0's place.
     let last = region.layout().max_slots - 1;
     let other = if own_slot == last { last - 1 } else { last };
     let other_slot = region.layout().slot_range(other);
