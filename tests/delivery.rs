@@ -192,11 +192,14 @@ fn last_line_before_close_is_delivered() {
 #[test]
 fn slow_reader_is_disconnected_without_blocking_others() {
     let server = Server::start(&[("max_sendq", "65536")]);
-    // A client with a tiny receive window that never reads.
+    // A client with a small receive window that never reads. Not below
+    // the loopback MSS (64 KiB): a smaller buffer makes its kernel drop
+    // segments, and the server's queue then drains through 200 ms
+    // retransmits, slower than the child's 2 s final flush allows.
     let slow = {
         use nix::sys::socket::{setsockopt, sockopt};
         let s = std::net::TcpStream::connect(server.addr).unwrap();
-        setsockopt(&s, sockopt::RcvBuf, &4096).unwrap();
+        setsockopt(&s, sockopt::RcvBuf, &65536).unwrap();
         s
     };
     let mut slow = Client::from_stream(slow);
