@@ -173,6 +173,9 @@ fn churn_causes_no_crosstalk_loss_or_leak() {
         fds_before,
         server.fd_count()
     );
+    // The log reaches the test through a pipe: wait for the 160th line,
+    // then make sure there is no 161st.
+    server.wait_log_n("event=\"disconnect\"", 160);
     assert_eq!(server.count_log("event=\"disconnect\""), 160);
 }
 
