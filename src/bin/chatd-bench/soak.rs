@@ -82,6 +82,25 @@ fn add(total: &mut Outcome, o: &Outcome) {
     total.server_cpu += o.server_cpu;
 }
 
+/// The idle master's fd count once it has settled. The listener answers
+/// the start-up probe before the master has made its last fds, and the
+/// probe's own child comes and goes: a baseline read at once was one low,
+/// and every idle point then waited out its 10 s limit (a tenth of the
+/// rounds). Waits until there is no child and the count has held 200 ms.
+fn settled_fds(server: &Server) -> usize {
+    let mut last = server.master_footprint().2;
+    let mut since = Instant::now();
+    wait_until(Duration::from_secs(10), || {
+        let now = server.master_footprint().2;
+        if now != last || !server.children().is_empty() {
+            last = now;
+            since = Instant::now();
+        }
+        since.elapsed() >= Duration::from_millis(200)
+    });
+    last
+}
+
 /// Runs rounds for `secs` seconds, sampling at most every `every` seconds.
 pub fn run(server: &mut Server, secs: f64, every: f64) -> Result<Report> {
     let start = Instant::now();
@@ -93,7 +112,7 @@ pub fn run(server: &mut Server, secs: f64, every: f64) -> Result<Report> {
     let mut rounds = 0u64;
     let mut last_sample: Option<Instant> = None;
     // The idle master's fds (listeners, epoll, signalfd, timer, ...).
-    let (_, _, fds_idle) = server.master_footprint();
+    let fds_idle = settled_fds(server);
     eprint!("soak: {HEADER}");
     while Instant::now() < deadline {
         let spec = &shapes[rounds as usize % shapes.len()];
