@@ -83,10 +83,11 @@ fn add(total: &mut Outcome, o: &Outcome) {
 }
 
 /// The idle master's fd count once it has settled. The listener answers
-/// the start-up probe before the master has made its last fds, and the
-/// probe's own child comes and goes: a baseline read at once was one low,
-/// and every idle point then waited out its 10 s limit (a tenth of the
-/// rounds). Waits until there is no child and the count has held 200 ms.
+/// the start-up probe while the master may still be setting up, and the
+/// probe's own child comes and goes: a baseline read at once was once
+/// below the settled count, and every idle point then waited out its 10 s
+/// limit (a tenth of the rounds). Waits until there is no child and the
+/// count has held for 200 ms.
 fn settled_fds(server: &Server) -> usize {
     let mut last = server.master_footprint().2;
     let mut since = Instant::now();
