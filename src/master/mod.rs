@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 
 const TOKEN_SIGNAL: u64 = 1 << 62;
 const TOKEN_TIMER: u64 = (1 << 62) + 1;
+const TOKEN_WAKE_TIMER: u64 = (1 << 62) + 2;
 const TOKEN_LISTEN: u64 = 1 << 61;
 /// How long a child told to close may linger before SIGKILL.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -63,6 +64,9 @@ pub struct Master {
     listeners: Vec<TcpListener>,
     signals: SignalFd,
     timer: TimerFd,
+    /// One-shot: brings the loop back to re-check a held-back wake-up.
+    wake_timer: TimerFd,
+    wake_timer_armed: bool,
     /// Written once per published batch; every child waits on it (edge-
     /// triggered), so one write wakes them all.
     wake: nix::sys::eventfd::EventFd,
@@ -123,8 +127,17 @@ impl Master {
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
         )
         .context("timerfd")?;
+        let wake_timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .context("timerfd")?;
         epoll.add(&signals, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNAL))?;
         epoll.add(&timer, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_TIMER))?;
+        epoll.add(
+            &wake_timer,
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE_TIMER),
+        )?;
         for (i, l) in listeners.iter().enumerate() {
             epoll.add(
                 l,
@@ -155,6 +168,8 @@ impl Master {
             listeners,
             signals,
             timer,
+            wake_timer,
+            wake_timer_armed: false,
             wake,
             timer_fast: true,
             reserve_fd: None,
@@ -219,6 +234,12 @@ impl Master {
             TOKEN_TIMER => {
                 let _ = self.timer.wait();
                 self.tick();
+                Ok(())
+            }
+            TOKEN_WAKE_TIMER => {
+                // The relay turn after this dispatch re-checks the gate.
+                let _ = self.wake_timer.wait();
+                self.wake_timer_armed = false;
                 Ok(())
             }
             t if (TOKEN_LISTEN..TOKEN_SIGNAL).contains(&t) => {
@@ -516,6 +537,20 @@ impl Master {
         for slot in slots {
             self.clients.remove(slot);
         }
+    }
+
+    /// Arms the one-shot wake-up timer unless it is already running.
+    /// False if the timer cannot be set.
+    fn arm_wake_timer(&mut self, after: Duration) -> bool {
+        if self.wake_timer_armed {
+            return true;
+        }
+        let armed = self.wake_timer.set(
+            Expiration::OneShot(TimeSpec::from_duration(after.max(Duration::from_micros(1)))),
+            TimerSetTimeFlags::empty(),
+        );
+        self.wake_timer_armed = armed.is_ok();
+        self.wake_timer_armed
     }
 
     fn set_timer(&mut self, fast: bool) -> Result<()> {

@@ -6,8 +6,22 @@
 //!    chat into formatted lines and handling `/nick`, `/who` and quits;
 //! 2. publishes the new log head once, and wakes every child with one
 //!    write to the shared wake-up eventfd: one wake-up per batch, whatever
-//!    the number of messages and children;
+//!    the number of messages and children; but not while the children are
+//!    still busy with the previous wake-up (the wake gate, below);
 //! 3. frees the slots of children that are gone and fully drained.
+//!
+//! The wake gate: a wake-up costs every child a context switch and a send,
+//! however few lines it brings, so the master holds a new wake-up back
+//! - until every reader's cursor has passed the head of the previous one
+//!   (the round is done; a straggler still behind the round before is not
+//!   waited for), re-checking every [`WAKE_RECHECK`];
+//! - in a busy room (the last wake-up announced [`BUSY_LINES`] or more),
+//!   also until [`WAKE_GAP`] has passed since the last wake-up;
+//! - but never longer than [`WAKE_DEFER_MAX`] after the first line held.
+//!
+//! A quiet room (one line per wake-up) is woken at once. Published lines
+//! are visible at once: a child still in the previous round copies them in
+//! the same drain. See ARCHITECTURE.md, "Wake-ups".
 //!
 //! When the log is full (a reader is behind) the relay stops reading rings,
 //! so senders' rings fill and their children stop reading their sockets:
@@ -28,6 +42,15 @@ use std::sync::atomic::Ordering::{Acquire, SeqCst};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// Longest a line waits for its wake-up, whatever the gate says.
+pub const WAKE_DEFER_MAX: Duration = Duration::from_millis(2);
+/// Least time between two wake-ups in a busy room.
+pub const WAKE_GAP: Duration = Duration::from_micros(1500);
+/// A wake-up that announced at least this many lines makes the room busy.
+pub const BUSY_LINES: usize = 4;
+/// How often a held-back wake-up re-checks the readers' cursors.
+pub const WAKE_RECHECK: Duration = Duration::from_micros(100);
+
 pub struct Relay {
     log: LogWriter,
     /// Log entries waiting for room, in order.
@@ -37,6 +60,20 @@ pub struct Relay {
     blocked_since: Option<Instant>,
     /// Published entries whose sleepers have not been woken yet.
     unwoken: bool,
+    /// The log head at the last wake-up: the round is done when every
+    /// reader's cursor has reached it; and at the one before: a reader
+    /// still behind that is a straggler (stopped, starved) and not waited for.
+    woken_head: u64,
+    prev_woken_head: u64,
+    /// Since when a wake-up is held back (the wake gate).
+    held_since: Option<Instant>,
+    /// The reader that was behind at the last check: checked first.
+    laggard: Option<usize>,
+    /// When the children were last woken, and how many lines that wake-up
+    /// announced: a busy room (several lines per wake-up) gets [`WAKE_GAP`].
+    last_wake: Option<Instant>,
+    lines_at_last_wake: usize,
+    lines_since_wake: usize,
     payload: Vec<u8>,
 }
 
@@ -48,6 +85,13 @@ impl Relay {
             ready: VecDeque::new(),
             blocked_since: None,
             unwoken: false,
+            woken_head: 0,
+            prev_woken_head: 0,
+            held_since: None,
+            laggard: None,
+            last_wake: None,
+            lines_at_last_wake: 0,
+            lines_since_wake: 0,
             payload: Vec::with_capacity(MAX_LINE_LIMIT),
         }
     }
@@ -60,6 +104,7 @@ impl Relay {
 
     /// Queues a line for every client but `origin` (0: for everyone).
     pub fn emit(&mut self, origin: u64, line: Vec<u8>) {
+        self.lines_since_wake += 1;
         if !self.pending.is_empty() || !self.log.append(origin, &line) {
             self.pending.push_back((origin, line));
         }
@@ -106,9 +151,81 @@ impl Master {
             }
         }
         self.relay.publish();
-        if std::mem::take(&mut self.relay.unwoken) {
-            self.wake_children();
+        if self.relay.unwoken {
+            self.gate_wake();
         }
+    }
+
+    /// Wakes the children now if the gate allows it; otherwise holds the
+    /// wake-up back and arms the wake timer to come back and check.
+    ///
+    /// The gate opens when the round of the last wake-up is done
+    /// ([`Master::round_done`]) and, in a busy room (the last wake-up
+    /// announced [`BUSY_LINES`] or more), [`WAKE_GAP`] has passed since it;
+    /// or when the first line held back has waited [`WAKE_DEFER_MAX`].
+    fn gate_wake(&mut self) {
+        let now = Instant::now();
+        let r = &mut self.relay;
+        let held = *r.held_since.get_or_insert(now);
+        let overdue = now.duration_since(held) >= WAKE_DEFER_MAX;
+        let gap = if r.lines_at_last_wake >= BUSY_LINES {
+            WAKE_GAP
+        } else {
+            Duration::ZERO
+        };
+        let gap_left = r.last_wake.map_or(Duration::ZERO, |t| {
+            gap.saturating_sub(now.duration_since(t))
+        });
+        if overdue || (gap_left.is_zero() && self.round_done()) {
+            self.wake_now(now);
+            return;
+        }
+        let left = WAKE_DEFER_MAX.saturating_sub(now.duration_since(held));
+        let next = if gap_left.is_zero() {
+            WAKE_RECHECK
+        } else {
+            gap_left
+        };
+        if !self.arm_wake_timer(next.min(left)) {
+            // No timer to come back with: wake now rather than late.
+            self.wake_now(now);
+        }
+    }
+
+    fn wake_now(&mut self, now: Instant) {
+        let r = &mut self.relay;
+        r.last_wake = Some(now);
+        r.lines_at_last_wake = std::mem::take(&mut r.lines_since_wake);
+        r.unwoken = false;
+        r.held_since = None;
+        r.prev_woken_head = r.woken_head;
+        r.woken_head = r.log.head();
+        self.wake_children();
+    }
+
+    /// Whether every reader that had finished the round before the last
+    /// wake-up has drained the log up to the last wake-up. A reader still
+    /// behind the round before (a stopped or starved child) is a straggler:
+    /// it holds one round up by [`WAKE_DEFER_MAX`] at most, then no more.
+    /// The reader found behind last time is checked first, so a round in
+    /// progress costs O(1) to confirm.
+    fn round_done(&mut self) -> bool {
+        let (target, prev) = (self.relay.woken_head, self.relay.prev_woken_head);
+        let behind = |m: &Master, slot: usize| {
+            m.clients.get(slot).is_some_and(|c| c.is_reader())
+                && (prev..target).contains(&m.region.slot_header(slot).cursor.load(Acquire))
+        };
+        if let Some(slot) = self.relay.laggard {
+            if behind(self, slot) {
+                return false;
+            }
+        }
+        self.relay.laggard = self
+            .clients
+            .iter()
+            .map(|c| c.slot)
+            .find(|&slot| behind(self, slot));
+        self.relay.laggard.is_none()
     }
 
     fn ring_idle(&self, slot: usize) -> bool {
