@@ -43,9 +43,9 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Longest a line waits for its wake-up, whatever the gate says.
-pub const WAKE_DEFER_MAX: Duration = Duration::from_millis(2);
+pub const WAKE_DEFER_MAX: Duration = Duration::from_millis(3);
 /// Least time between two wake-ups in a busy room.
-pub const WAKE_GAP: Duration = Duration::from_micros(1500);
+pub const WAKE_GAP: Duration = Duration::from_millis(2);
 /// A wake-up that announced at least this many lines makes the room busy.
 pub const BUSY_LINES: usize = 4;
 /// How often a held-back wake-up re-checks the readers' cursors.
