@@ -145,13 +145,7 @@ impl Server {
     /// bursts (500 children: 1.4 s by /proc/PID/stat where schedstat said
     /// 4.9 s), which made N=500's per-CPU figure swing 3x between runs.
     pub fn cpu_seconds(&self) -> f64 {
-        let Some(pid) = self.pid else { return 0.0 };
-        let reaped = stat_ticks(pid, true) - stat_ticks(pid, false);
-        let mut secs = reaped as f64 / clock_ticks();
-        for p in std::iter::once(pid).chain(children_of(pid)) {
-            secs += run_seconds(p).unwrap_or_else(|| stat_ticks(p, false) as f64 / clock_ticks());
-        }
-        secs
+        self.pid.map_or(0.0, tree_cpu_seconds)
     }
 
     /// (PSS bytes, page-table bytes, processes) of the tree.
@@ -239,6 +233,16 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     v
 }
 
+/// CPU seconds of `pid`, its live children and its reaped children.
+fn tree_cpu_seconds(pid: i32) -> f64 {
+    let reaped = stat_ticks(pid, true) - stat_ticks(pid, false);
+    let mut secs = reaped as f64 / clock_ticks();
+    for p in std::iter::once(pid).chain(children_of(pid)) {
+        secs += run_seconds(p).unwrap_or_else(|| stat_ticks(p, false) as f64 / clock_ticks());
+    }
+    secs
+}
+
 /// Time on CPU of all threads of `pid` in seconds, from their schedstat
 /// (first field: nanoseconds run); None where the kernel has no schedstat.
 fn run_seconds(pid: i32) -> Option<f64> {
@@ -322,5 +326,45 @@ pub fn raise_nofile() -> u64 {
     match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
         Ok(()) => hard,
         Err(_) => getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two children of a shell spin for a second: the tree's CPU time
+    /// counts them (live, through the parent's children list), and not
+    /// more than the wall time allows.
+    #[test]
+    fn tree_cpu_counts_live_children() {
+        let mut sh = Command::new("sh")
+            .arg("-c")
+            .arg("(while :; do :; done) & (while :; do :; done) & wait")
+            .spawn()
+            .unwrap();
+        let pid = sh.id() as i32;
+        assert!(wait_until(Duration::from_secs(5), || children_of(pid)
+            .len()
+            == 2));
+        let t0 = Instant::now();
+        let c0 = tree_cpu_seconds(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = tree_cpu_seconds(pid) - c0;
+        let wall = t0.elapsed().as_secs_f64();
+        for k in children_of(pid) {
+            let _ = kill(Pid::from_raw(k), Signal::SIGKILL);
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        assert!(
+            used > 0.2,
+            "two spinning children used {used:.3} s in {wall:.3} s"
+        );
+        assert!(
+            used <= wall * cpus.min(2.0) + 0.05,
+            "{used:.3} s in {wall:.3} s"
+        );
     }
 }
