@@ -16,7 +16,8 @@
 //!   (the round is done; a straggler still behind the round before is not
 //!   waited for), re-checking every [`WAKE_RECHECK`];
 //! - in a busy room (the last wake-up announced [`BUSY_LINES`] or more),
-//!   also until [`WAKE_GAP`] has passed since the last wake-up;
+//!   also until [`WAKE_GAP`] has passed since the last wake-up and
+//!   [`BUSY_SETTLE`] since the first line held (a burst comes together);
 //! - but never longer than [`WAKE_DEFER_MAX`] after the first line held.
 //!
 //! A quiet room (one line per wake-up) is woken at once. Published lines
@@ -48,6 +49,9 @@ pub const WAKE_DEFER_MAX: Duration = Duration::from_millis(3);
 pub const WAKE_GAP: Duration = Duration::from_millis(2);
 /// A wake-up that announced at least this many lines makes the room busy.
 pub const BUSY_LINES: usize = 4;
+/// In a busy room, how long a wake-up waits after the first line it holds,
+/// for the lines that come in the same burst.
+pub const BUSY_SETTLE: Duration = Duration::from_micros(600);
 /// How often a held-back wake-up re-checks the readers' cursors.
 pub const WAKE_RECHECK: Duration = Duration::from_micros(100);
 
@@ -161,8 +165,9 @@ impl Master {
     ///
     /// The gate opens when the round of the last wake-up is done
     /// ([`Master::round_done`]) and, in a busy room (the last wake-up
-    /// announced [`BUSY_LINES`] or more), [`WAKE_GAP`] has passed since it;
-    /// or when the first line held back has waited [`WAKE_DEFER_MAX`].
+    /// announced [`BUSY_LINES`] or more), [`WAKE_GAP`] has passed since it
+    /// and [`BUSY_SETTLE`] since the first line held; or when the first
+    /// line held back has waited [`WAKE_DEFER_MAX`].
     fn gate_wake(&mut self) {
         let now = Instant::now();
         let r = &mut self.relay;
@@ -173,9 +178,17 @@ impl Master {
         } else {
             Duration::ZERO
         };
-        let gap_left = r.last_wake.map_or(Duration::ZERO, |t| {
-            gap.saturating_sub(now.duration_since(t))
-        });
+        let settle = if gap.is_zero() {
+            Duration::ZERO
+        } else {
+            BUSY_SETTLE
+        };
+        let gap_left = r
+            .last_wake
+            .map_or(Duration::ZERO, |t| {
+                gap.saturating_sub(now.duration_since(t))
+            })
+            .max(settle.saturating_sub(now.duration_since(held)));
         if overdue || (gap_left.is_zero() && self.round_done()) {
             self.wake_now(now);
             return;
