@@ -394,13 +394,16 @@ fn master_out_of_fds_refuses_with_a_line() {
     assert!(common::pid_alive(srv.pid()), "the master survived");
 }
 
-/// The pid of the child serving `nick`, from its connect event.
+/// The pid of the child serving `nick`, from its connect event. Waits for
+/// it: the client can have its greeting before the master's log line has
+/// come through the pipe.
 fn pid_of(srv: &Server, nick: &str) -> i32 {
-    let ev = srv
-        .log_lines()
-        .into_iter()
-        .find(|l| l.contains("event=\"connect\"") && l.ends_with(&format!("nick={nick}")))
-        .expect("connect event");
+    let ev = wait_for(TIMEOUT, || {
+        srv.log_lines()
+            .into_iter()
+            .find(|l| l.contains("event=\"connect\"") && l.ends_with(&format!("nick={nick}")))
+    })
+    .expect("connect event");
     ev.split_whitespace()
         .find_map(|w| w.strip_prefix("pid="))
         .unwrap()
