@@ -265,6 +265,14 @@ fn use_arena(
     Ok(())
 }
 
+/// The address range `[start, end)` of the arena in use, if any (for the
+/// fault-injection hook, which must not mistake it for another slot).
+#[cfg(feature = "fault-injection")]
+pub fn span() -> Option<(usize, usize)> {
+    let base = GLOBAL.base.load(Relaxed);
+    (base != 0).then(|| (base, GLOBAL.end.load(Relaxed)))
+}
+
 /// Reserves the master's arena (`MADV_DONTFORK`) and sends the master's
 /// later allocations there. Does nothing useful unless [`GLOBAL`] is the
 /// global allocator (`main.rs`).

@@ -88,11 +88,23 @@ pub fn trigger(name: &str, region: &Region, own_slot: usize) -> String {
                 std::ptr::write_volatile(p.cast::<u8>().add(crate::shm::SLOT_SIZE + 512), 0xAB);
             }
         },
-        // SAFETY: the address is where another slot lies in the master's
-        // view (512 bytes in); a child has it unmapped, so the store faults.
-        "write-other" => unsafe {
-            std::ptr::write_volatile(region.raw_ptr(other_slot.start + 512), 0xAB);
-        },
+        "write-other" => {
+            let at = region.raw_ptr(other_slot.start + 512);
+            // The child's own heap is mapped right after its view, over
+            // where the first slots lie in the master: a store there is
+            // the child's business, and proves nothing.
+            if crate::arena::span().is_some_and(|(s, e)| (s..e).contains(&(at as usize))) {
+                return format!(
+                    "{}fault write-other: slot {other} lies where this child's heap is; \
+                     use a larger max_clients\n",
+                    crate::protocol::ERR
+                );
+            }
+            // SAFETY: the address is where another slot lies in the
+            // master's view (512 bytes in), outside this child's heap (just
+            // checked); a child has it unmapped, so the store faults.
+            unsafe { std::ptr::write_volatile(at, 0xAB) };
+        }
         // SAFETY: the address is inside the relay log, read-only in a
         // child, so the store faults.
         "write-log" => unsafe {
