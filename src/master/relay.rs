@@ -139,6 +139,40 @@ impl Relay {
     }
 }
 
+/// What the clock alone says about a held-back wake-up.
+#[derive(Debug, PartialEq, Eq)]
+enum Clock {
+    /// The first line held has waited [`WAKE_DEFER_MAX`]: wake now.
+    Overdue,
+    /// Time allows it: wake once the round is done.
+    Ready,
+    /// Come back after this long (never past the moment it is overdue).
+    Wait(Duration),
+}
+
+/// The wake gate's timing: `held` is when the first line held arrived,
+/// `last_wake` the last wake-up, `busy` whether that one announced
+/// [`BUSY_LINES`] or more. A busy room waits [`WAKE_GAP`] after the last
+/// wake-up and [`BUSY_SETTLE`] after the first line held; a quiet one not.
+fn gate_clock(now: Instant, held: Instant, last_wake: Option<Instant>, busy: bool) -> Clock {
+    let waited = now.duration_since(held);
+    if waited >= WAKE_DEFER_MAX {
+        return Clock::Overdue;
+    }
+    if !busy {
+        return Clock::Ready;
+    }
+    let since_wake = last_wake.map_or(Duration::MAX, |t| now.duration_since(t));
+    let left = WAKE_GAP
+        .saturating_sub(since_wake)
+        .max(BUSY_SETTLE.saturating_sub(waited));
+    if left.is_zero() {
+        Clock::Ready
+    } else {
+        Clock::Wait(left.min(WAKE_DEFER_MAX - waited))
+    }
+}
+
 impl Master {
     /// One relay pass: rings → log, publish, wake, clean up.
     pub(super) fn relay_turn(&mut self) {
@@ -172,35 +206,15 @@ impl Master {
         let now = Instant::now();
         let r = &mut self.relay;
         let held = *r.held_since.get_or_insert(now);
-        let overdue = now.duration_since(held) >= WAKE_DEFER_MAX;
-        let gap = if r.lines_at_last_wake >= BUSY_LINES {
-            WAKE_GAP
-        } else {
-            Duration::ZERO
+        let busy = r.lines_at_last_wake >= BUSY_LINES;
+        let come_back = match gate_clock(now, held, r.last_wake, busy) {
+            Clock::Overdue => None,
+            Clock::Ready if self.round_done() => None,
+            Clock::Ready => Some(WAKE_RECHECK.min(WAKE_DEFER_MAX - now.duration_since(held))),
+            Clock::Wait(d) => Some(d),
         };
-        let settle = if gap.is_zero() {
-            Duration::ZERO
-        } else {
-            BUSY_SETTLE
-        };
-        let gap_left = r
-            .last_wake
-            .map_or(Duration::ZERO, |t| {
-                gap.saturating_sub(now.duration_since(t))
-            })
-            .max(settle.saturating_sub(now.duration_since(held)));
-        if overdue || (gap_left.is_zero() && self.round_done()) {
-            self.wake_now(now);
-            return;
-        }
-        let left = WAKE_DEFER_MAX.saturating_sub(now.duration_since(held));
-        let next = if gap_left.is_zero() {
-            WAKE_RECHECK
-        } else {
-            gap_left
-        };
-        if !self.arm_wake_timer(next.min(left)) {
-            // No timer to come back with: wake now rather than late.
+        // Without a timer to come back with, wake now rather than late.
+        if come_back.is_none_or(|d| !self.arm_wake_timer(d)) {
             self.wake_now(now);
         }
     }
@@ -488,5 +502,62 @@ impl Master {
     /// their next event instead.
     fn wake_children(&mut self) {
         let _ = self.wake.write(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: f64) -> Duration {
+        Duration::from_secs_f64(x / 1000.0)
+    }
+
+    #[test]
+    fn a_quiet_room_is_woken_at_once() {
+        let t = Instant::now();
+        assert_eq!(gate_clock(t, t, Some(t), false), Clock::Ready);
+        assert_eq!(gate_clock(t, t, None, false), Clock::Ready);
+    }
+
+    #[test]
+    fn a_busy_room_waits_for_the_gap_and_the_settle() {
+        let t0 = Instant::now();
+        // A line right after a busy wake-up: the gap (2 ms) decides.
+        assert_eq!(gate_clock(t0, t0, Some(t0), true), Clock::Wait(WAKE_GAP));
+        // Long after the last wake-up: the settle (0.6 ms) decides.
+        let held = t0 + ms(10.0);
+        assert_eq!(
+            gate_clock(held + ms(0.2), held, Some(t0), true),
+            Clock::Wait(BUSY_SETTLE - ms(0.2))
+        );
+        assert_eq!(
+            gate_clock(held + BUSY_SETTLE, held, Some(t0), true),
+            Clock::Ready
+        );
+        // Both passed.
+        let t = t0 + WAKE_GAP;
+        assert_eq!(gate_clock(t, t0 + ms(1.0), Some(t0), true), Clock::Ready);
+    }
+
+    #[test]
+    fn no_line_waits_past_the_cap() {
+        let t0 = Instant::now();
+        // Held 2.5 ms, last wake-up 1 ms ago: the gap wants 1 ms more, the
+        // cap allows 0.5.
+        let held = t0;
+        let now = t0 + ms(2.5);
+        assert_eq!(
+            gate_clock(now, held, Some(now - ms(1.0)), true),
+            Clock::Wait(WAKE_DEFER_MAX - ms(2.5))
+        );
+        assert_eq!(
+            gate_clock(t0 + WAKE_DEFER_MAX, held, Some(t0), true),
+            Clock::Overdue
+        );
+        assert_eq!(
+            gate_clock(t0 + WAKE_DEFER_MAX, held, None, false),
+            Clock::Overdue
+        );
     }
 }

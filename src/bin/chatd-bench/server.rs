@@ -235,10 +235,9 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 
 /// CPU seconds of `pid`, its live children and its reaped children.
 fn tree_cpu_seconds(pid: i32) -> f64 {
-    let reaped = stat_ticks(pid, true) - stat_ticks(pid, false);
-    let mut secs = reaped as f64 / clock_ticks();
+    let mut secs = stat_ticks(pid).1 as f64 / clock_ticks();
     for p in std::iter::once(pid).chain(children_of(pid)) {
-        secs += run_seconds(p).unwrap_or_else(|| stat_ticks(p, false) as f64 / clock_ticks());
+        secs += run_seconds(p).unwrap_or_else(|| stat_ticks(p).0 as f64 / clock_ticks());
     }
     secs
 }
@@ -257,13 +256,14 @@ fn run_seconds(pid: i32) -> Option<f64> {
     Some(ns as f64 / 1e9)
 }
 
-/// utime + stime (+ cutime + cstime) in clock ticks, from /proc/PID/stat.
-fn stat_ticks(pid: i32, with_reaped: bool) -> u64 {
+/// (utime + stime, cutime + cstime) in clock ticks, from one read of
+/// /proc/PID/stat: the process's own time and its reaped children's.
+fn stat_ticks(pid: i32) -> (u64, u64) {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
     let Some((_, rest)) = s.rsplit_once(')') else {
-        return 0;
+        return (0, 0);
     };
     // Fields after the command: state is field 3, utime 14 ... cstime 17.
     let f: Vec<u64> = rest
@@ -272,10 +272,10 @@ fn stat_ticks(pid: i32, with_reaped: bool) -> u64 {
         .take(4)
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    if f.len() < 4 {
-        return 0;
+    match f[..] {
+        [u, s, cu, cs] => (u + s, cu + cs),
+        _ => (0, 0),
     }
-    f[0] + f[1] + if with_reaped { f[2] + f[3] } else { 0 }
 }
 
 fn clock_ticks() -> f64 {
