@@ -144,7 +144,12 @@ impl LogReader {
     fn read_into(&mut self, out: &mut Vec<u8>) -> Result<usize, LogError> {
         let head = self.header.log_head.load(Acquire);
         if head == self.cursor {
-            return Ok(0);
+            // Nothing new, but a reader the master gave up on must still
+            // learn it: eviction is final whatever the head says.
+            return match self.ctl.evicted.load(Relaxed) {
+                0 => Ok(0),
+                _ => Err(LogError::Evicted),
+            };
         }
         if head < self.cursor || head - self.cursor > LOG_BYTES as u64 || head % 8 != 0 {
             return Err(self.why("head out of range"));
@@ -244,6 +249,17 @@ mod tests {
         let mut out = b"keep".to_vec();
         assert_eq!(a.drain(&mut out), Err(LogError::Evicted));
         assert_eq!(out, b"keep");
+    }
+
+    /// Found by the `log` fuzz target: a reader marked evicted whose cursor
+    /// equals the head (here a head reset to 0) used to get Ok(0).
+    #[test]
+    fn evicted_reader_with_nothing_new_is_told() {
+        let r: &'static Region = Box::leak(Box::new(Region::create(1).unwrap()));
+        let mut a = LogReader::new(r, 0, 1);
+        assert_eq!(a.drain(&mut Vec::new()), Ok(0));
+        LogWriter::evict(r.control(0));
+        assert_eq!(a.drain(&mut Vec::new()), Err(LogError::Evicted));
     }
 
     #[test]
