@@ -14,7 +14,7 @@ use crate::protocol::{ERR, NOTICE};
 use anyhow::anyhow;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
-use nix::unistd::{fork, ForkResult};
+use nix::unistd::{ForkResult, Pid};
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
@@ -217,11 +217,10 @@ impl Master {
             line_timeout: (self.cfg.line_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.cfg.line_timeout)),
         };
-        // SAFETY: the master is single-threaded, so the child gets a
-        // consistent copy of all state; the child only runs `child::setup`
-        // and `child::run` and leaves through `_exit`, never returning into
-        // the master's code.
-        let forked = match unsafe { fork() } {
+        // SAFETY: the master is single-threaded (fork_bare's contract); the
+        // child only runs `child::setup` and `child::run` and leaves through
+        // `_exit`, never returning into the master's code.
+        let forked = match unsafe { fork_bare() } {
             Ok(f) => f,
             Err(e) => return Err((e.into(), stream)),
         };
@@ -285,5 +284,52 @@ impl Master {
             g.push('\n');
         }
         g
+    }
+}
+
+/// fork(2) as a bare `clone(SIGCHLD)` system call, without glibc's `fork`.
+///
+/// Why: glibc's `fork` takes and releases its internal locks around the
+/// clone (the dynamic loader's lock, stdio's list lock, malloc's arena
+/// locks) and so writes, in the master, pages that the new child already
+/// shares. Each such write after a fork leaves every child forked before it
+/// with a private copy: measured, 3 pages (12.8 KiB) per idle child, about
+/// an eighth of its memory (ARCHITECTURE.md, "Memory: what an idle child
+/// costs").
+///
+/// What glibc's `fork` does besides, and why chatd does not need it:
+/// - it runs `pthread_atfork` handlers: neither chatd nor its crates
+///   register any;
+/// - it holds those locks so that a child of a multi-threaded process finds
+///   them free: the master has one thread, so no lock is held at the clone;
+/// - it records the child's thread id in glibc's thread descriptor: here
+///   the child's copy keeps the master's. glibc (2.34 and later) asks the
+///   kernel for the thread id where it signals the calling thread (`raise`,
+///   `abort`), and the child never signals another thread, so the stale
+///   value is never used.
+///
+/// # Safety
+/// The caller must be single-threaded, and the child must not return into
+/// code that assumes it is the parent (chatd's child ends in `_exit`).
+unsafe fn fork_bare() -> nix::Result<ForkResult> {
+    // SAFETY: clone with only SIGCHLD is fork(2): a new process with a copy
+    // of this one's memory, continuing on its own copy of this stack (the
+    // null stack argument). No lock is held (single-threaded, by contract).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match r {
+        -1 => Err(nix::errno::Errno::last()),
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as libc::pid_t),
+        }),
     }
 }
