@@ -5,6 +5,7 @@ mod common;
 use common::{wait_for, Server, TIMEOUT};
 use std::io::Write;
 use std::net::TcpStream;
+use std::time::Duration;
 
 /// 1000 clients that connect and close at once, half of them with a reset:
 /// every child is reaped, the master's fds return to where they were, each
@@ -672,4 +673,57 @@ fn fork_failure_refuses_with_a_line() {
     .expect("a place freed by a leaving client");
     admitted[0].expect(&format!("{nick} joined"));
     assert!(common::pid_alive(srv.pid()));
+}
+
+/// A client that stops reading makes its child queue what it cannot send;
+/// once the client has read it all and stays idle, the child gives those
+/// pages back (a crowd joining or a burst must not cost every idle child
+/// its peak memory for good).
+#[test]
+fn an_idle_child_gives_back_its_send_queue() {
+    let srv = Server::start(&[("max_sendq", "2097152")]);
+    // Small windows, as in delivery.rs: most of the burst must wait in the
+    // child's queue, not in socket buffers.
+    let stream = TcpStream::connect(srv.addr).unwrap();
+    nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::RcvBuf, &65536).unwrap();
+    let mut slow = common::Client::from_stream(stream);
+    let slow_nick = slow.greeting();
+    let pid = pid_of(&srv, &slow_nick);
+    let (mut sender, _) = srv.join();
+    let (mut witness, _) = srv.join();
+    slow.expect("joined");
+    slow.expect("joined");
+    let rss = || -> u64 {
+        let s = common::proc_status(pid);
+        s["RssAnon"].trim_end_matches("kB").trim().parse().unwrap()
+    };
+    let idle = rss();
+    // 1.2 MB while `slow` reads nothing; the witness proves it was relayed.
+    let line = "y".repeat(400);
+    for chunk in 0..30 {
+        let mut b = String::new();
+        for i in 0..100 {
+            b.push_str(&format!("burst {chunk} {i} {line}\n"));
+        }
+        sender.send(&b);
+    }
+    witness.expect("burst 29 99 ");
+    let full = wait_for(TIMEOUT, || {
+        let r = rss();
+        (r >= idle + 512).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("the child never queued the burst: {} KiB", rss()));
+    slow.expect("burst 29 99 ");
+    // Nothing more arrives: within a few seconds the queue's pages go back.
+    let back = wait_for(Duration::from_secs(10), || {
+        let r = rss();
+        (r + 512 <= full).then_some(r)
+    });
+    assert!(
+        back.is_some(),
+        "RssAnon idle {idle} KiB, full {full} KiB, after idling {} KiB",
+        rss()
+    );
+    slow.send("still here\n");
+    witness.expect("still here");
 }

@@ -22,7 +22,7 @@ use crate::protocol::lines::{Input, LineReader};
 use crate::protocol::{nick, sanitize, ERR, NOTICE};
 use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
-use crate::shm::Region;
+use crate::shm::{Region, PAGE};
 use flood::TokenBucket;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use std::io::{self, Read, Write};
@@ -56,6 +56,12 @@ const QUIT_RESERVE: u64 = 16 + MAX_REASON as u64;
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Minimum time between two flood-control notices.
 const FLOOD_NOTICE_EVERY: Duration = Duration::from_secs(10);
+/// How long a child waits with nothing to send before it gives back the
+/// pages of its send queue (see [`Child::release_idle_pages`]).
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// A send queue with more capacity than this is freed, not only emptied,
+/// when its pages are given back.
+const BIG_SENDQ: usize = 64 * 1024;
 
 /// Why the child ends; becomes the reason in "* alice left (reason)".
 enum Exit {
@@ -90,6 +96,9 @@ struct Child {
     last_flood_notice: Option<Instant>,
     sendq: Vec<u8>,
     sent: usize,
+    /// The send queue's pages hold data written since they were last given
+    /// back (see [`Child::release_idle_pages`]).
+    sendq_dirty: bool,
     /// When the line being received began (see `Spec::line_timeout`).
     partial_since: Option<Instant>,
     spec: Spec,
@@ -121,6 +130,7 @@ pub fn run(
         last_flood_notice: None,
         sendq: Vec::new(),
         sent: 0,
+        sendq_dirty: false,
         partial_since: None,
         client_eof: false,
         readable: true,
@@ -353,6 +363,7 @@ impl Child {
         if self.sent == self.sendq.len() || !self.writable {
             return Ok(());
         }
+        self.sendq_dirty = true;
         match self.client.write(&self.sendq[self.sent..]) {
             Ok(n) => self.sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
@@ -360,11 +371,11 @@ impl Child {
             Err(e) => return Err(Exit::Closed(io_reason(&e))),
         }
         if self.sent == self.sendq.len() {
+            // The capacity stays until the client is idle (see
+            // release_idle_pages): shrinking now would leave the freed
+            // pages dirty inside the allocator, out of release's reach.
             self.sendq.clear();
             self.sent = 0;
-            if self.sendq.capacity() > 64 * 1024 {
-                self.sendq.shrink_to(4096);
-            }
         } else if self.sent >= 64 * 1024 {
             self.sendq.drain(..self.sent);
             self.sent = 0;
@@ -384,7 +395,12 @@ impl Child {
             return Ok(());
         }
         let flood = Some(self.flood.wait()).filter(|d| !d.is_zero());
-        let timeout = match [flood, self.line_deadline()].into_iter().flatten().min() {
+        let release = (self.sendq_dirty && self.sendq.is_empty()).then_some(IDLE_RELEASE);
+        let first = [flood, self.line_deadline(), release]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = match first {
             None => EpollTimeout::NONE,
             Some(d) => {
                 EpollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(EpollTimeout::MAX)
@@ -393,11 +409,38 @@ impl Child {
         // No announcement is needed before sleeping: the wake-up eventfd is
         // edge-triggered and registered, so a batch published since the log
         // was last drained has already queued an event here.
-        self.sleep(timeout).map_err(|_| Exit::Fatal("epoll failed"))
+        let events = self
+            .sleep(timeout)
+            .map_err(|_| Exit::Fatal("epoll failed"))?;
+        if events == 0 && release.is_some() && first == release {
+            self.release_idle_pages();
+        }
+        Ok(())
     }
 
-    /// One `epoll_wait`: records what became readable or writable.
-    fn sleep(&mut self, timeout: EpollTimeout) -> nix::Result<()> {
+    /// Gives the whole pages inside the (empty) send queue's buffer back to
+    /// the kernel once the client has been idle for [`IDLE_RELEASE`]. The
+    /// buffer keeps its capacity; its pages come back as zeros when next
+    /// written. Without this, every child that once relayed a burst (a
+    /// crowd joining, say) would keep that burst's pages for good.
+    fn release_idle_pages(&mut self) {
+        self.sendq_dirty = false;
+        let start = (self.sendq.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (self.sendq.as_ptr() as usize + self.sendq.capacity()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: [start, end) is page-aligned and lies inside the send
+            // queue's live allocation, which is empty: nothing reads it.
+            unsafe { discard(start, end - start) };
+        }
+        if self.sendq.capacity() > BIG_SENDQ {
+            // Back to the allocator; only the edges it writes stay in use.
+            self.sendq = Vec::new();
+        }
+    }
+
+    /// One `epoll_wait`: records what became readable or writable, and
+    /// says how many fds had events (0: the timeout passed).
+    fn sleep(&mut self, timeout: EpollTimeout) -> nix::Result<usize> {
         let mut events = [EpollEvent::empty(); 3];
         let n = match self.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -420,7 +463,7 @@ impl Child {
                 _ => {} // the wake-up: the loop re-checks the log anyway.
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// Announces the departure to the master, sends the last line and exits.
@@ -538,4 +581,22 @@ fn io_reason(e: &io::Error) -> &'static str {
         }
         _ => "connection error",
     }
+}
+
+/// Gives the pages of `[start, start + len)` back to the kernel: they read
+/// as zeros afterwards. A failure changes nothing.
+///
+/// # Safety
+/// The range must be page-aligned, non-empty, inside private anonymous
+/// memory whose content nobody needs (such as the unused inside of a live
+/// allocation: allocators keep no bookkeeping there).
+unsafe fn discard(start: usize, len: usize) {
+    // SAFETY: the caller's contract; MADV_DONTNEED only frees the pages.
+    let _ = unsafe {
+        nix::sys::mman::madvise(
+            std::ptr::NonNull::new_unchecked(start as *mut libc::c_void),
+            len,
+            nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+        )
+    };
 }
