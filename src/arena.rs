@@ -88,6 +88,9 @@ pub struct Allocator {
     /// In a child: never `realloc` in the system heap, which may `mremap`,
     /// a call outside the child's seccomp allowlist.
     no_remap: AtomicBool,
+    /// In a child that has unmapped the system heap ([`drop_system_heap`]):
+    /// never call the system allocator again.
+    no_system: AtomicBool,
     base: AtomicUsize,
     end: AtomicUsize,
 }
@@ -101,6 +104,7 @@ impl Allocator {
             }))),
             active: AtomicBool::new(false),
             no_remap: AtomicBool::new(false),
+            no_system: AtomicBool::new(false),
             base: AtomicUsize::new(0),
             end: AtomicUsize::new(0),
         }
@@ -136,6 +140,9 @@ unsafe impl GlobalAlloc for Allocator {
                 return p.as_ptr();
             }
         }
+        if self.no_system.load(Relaxed) {
+            return std::ptr::null_mut(); // out of memory: the arena is full
+        }
         // SAFETY: forwarded unchanged.
         unsafe { System.alloc(layout) }
     }
@@ -144,14 +151,20 @@ unsafe impl GlobalAlloc for Allocator {
         if self.owns(ptr) {
             // SAFETY: ptr came from talc.malloc with this layout.
             unsafe { self.heap().0.free(NonNull::new_unchecked(ptr), layout) }
-        } else {
+        } else if !self.no_system.load(Relaxed) {
             // SAFETY: ptr came from System with this layout.
             unsafe { System.dealloc(ptr, layout) }
         }
+        // Else it lay in the unmapped system heap: nothing to give back.
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let in_arena = self.owns(ptr);
+        if !in_arena && self.no_system.load(Relaxed) {
+            // The block lay in the unmapped system heap; nothing can be
+            // copied from it.
+            return std::ptr::null_mut();
+        }
         let active = self.active.load(Relaxed);
         if !in_arena && !active && !self.no_remap.load(Relaxed) {
             // SAFETY: forwarded unchanged.
@@ -299,4 +312,57 @@ pub fn leave() {
 pub fn child(at: *mut u8, sendq_max: usize) {
     let len = CHILD_ARENA_BASE + sendq_max.saturating_mul(4);
     let _ = use_arena(len, CHILD_FIRST, false, Some(at as usize));
+}
+
+/// Where the system heap (glibc's brk area, `[heap]`) starts: noted by the
+/// master before it confines itself, used by children to unmap it.
+static HEAP_START: AtomicUsize = AtomicUsize::new(0);
+
+/// The master, before it confines itself (procfs may be out of reach
+/// afterwards): notes where the system heap starts (`start_brk`, field 47
+/// of `/proc/self/stat`). Without it, children keep the heap mapped.
+pub fn note_system_heap() {
+    let start = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields 3 onwards follow the command name's closing paren.
+            let rest = s.get(s.rfind(')')? + 2..)?;
+            rest.split(' ').nth(47 - 3)?.parse::<usize>().ok()
+        })
+        .unwrap_or(0);
+    HEAP_START.store(start, Relaxed);
+}
+
+/// In a child, as the last step of its set-up: unmaps the system heap
+/// inherited from the master, and with it the heap's page-table page and
+/// every heap page the master writes after the fork (its log-line buffer,
+/// allocated before the master's arena existed). Returns the bytes
+/// unmapped; 0 if there is no child arena (the system heap is still the
+/// allocator) or the heap's start is unknown.
+///
+/// What the child used from there (the master's `Region`, the seccomp
+/// program) is done with by then; its own allocations are in its arena.
+/// From here the system allocator is never called: an allocation the
+/// arena cannot serve fails (and the child aborts), and a block from the
+/// old heap is never freed. Nothing else may call glibc's `malloc` either,
+/// which the child's code does not do (no stdio, no locale, no thread-local
+/// value with a destructor touched for the first time).
+pub fn drop_system_heap() -> Result<usize, nix::Error> {
+    let start = HEAP_START.load(Relaxed);
+    if start == 0 || !GLOBAL.active.load(Relaxed) {
+        return Ok(0);
+    }
+    // SAFETY: sbrk(0) only reads glibc's record of the current break.
+    let end = unsafe { libc::sbrk(0) } as usize;
+    let Some(len) = end.checked_sub(start).filter(|&l| l > 0) else {
+        return Ok(0);
+    };
+    GLOBAL.no_system.store(true, Relaxed);
+    let start = std::ptr::NonNull::new(start as *mut libc::c_void).expect("non-null");
+    // SAFETY: [start, end) is the brk heap (the kernel's start_brk to
+    // glibc's current break): glibc's malloc owns it, and from here on
+    // nothing in this process calls glibc's malloc or reads a block in it
+    // (see above; the allocator refuses system calls once no_system is set).
+    unsafe { nix::sys::mman::munmap(start, len) }?;
+    Ok(len)
 }

@@ -26,7 +26,11 @@
 //! 6. Landlock: no filesystem access (and no TCP bind/connect, no signals
 //!    or abstract sockets outside the child) where the kernel has it;
 //! 7. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
-//!    stacked on the master's inherited filter.
+//!    stacked on the master's inherited filter;
+//! 8. the inherited system heap is unmapped ([`crate::arena::drop_system_heap`]):
+//!    what the child needed from it (the master's `Region`, the seccomp
+//!    program) is done with, and pages the master writes there after the
+//!    fork would otherwise stay behind as private copies.
 //!
 //! When the master started as root, the child also inherits its chroot in
 //! the empty directory, its service uid and gid, and its empty capability
@@ -85,7 +89,7 @@ pub struct Prepared {
     pub fault_note: Option<String>,
 }
 
-/// Runs steps 1–7. `wake` is the master's wake-up eventfd as inherited by
+/// Runs steps 1–8. `wake` is the master's wake-up eventfd as inherited by
 /// fork (the child owns its copy of every fd).
 pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Prepared {
     std::panic::set_hook(Box::new(|info| {
@@ -116,6 +120,7 @@ pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Pr
         "seccomp",
         seccomp::apply(jail.filter, "seccomp (child filter)"),
     );
+    step("system heap", crate::arena::drop_system_heap());
     Prepared {
         client,
         ctl,

@@ -152,6 +152,7 @@ impl Master {
         }
         let notifier = Notifier::from_env();
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+        crate::arena::note_system_heap();
         let confined = plan.apply().context("confinement")?;
         // From here on the master's allocations (its client table above
         // all) go to an arena that forked children do not inherit.
