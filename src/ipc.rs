@@ -2,11 +2,13 @@
 //!
 //! The socketpair carries only small replies and notifications; chat data
 //! goes through shared memory, and the master wakes children through one
-//! shared eventfd (see `master::relay`). A message is one datagram: a tag byte, then for
-//! `TEXT` and `CLOSE` the bytes to send to the client.
+//! shared eventfd (see `master::relay`). A message is one datagram: a tag
+//! byte, then for `MORE`, `TEXT` and `CLOSE` the bytes to send to the
+//! client.
 //!
 //! | direction      | tag     | meaning                                          |
 //! |----------------|---------|--------------------------------------------------|
+//! | master → child | `MORE`  | the first pieces of a long text; hold them       |
 //! | master → child | `TEXT`  | send these bytes to your client (command reply)  |
 //! | master → child | `CLOSE` | send these bytes, flush, and exit (kick, stop)   |
 //! | child → master | `NOTIFY`| my input ring has entries you have not seen      |
@@ -15,24 +17,26 @@ use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+pub const MORE: u8 = b'M';
 pub const TEXT: u8 = b'T';
 pub const CLOSE: u8 = b'C';
 pub const NOTIFY: u8 = b'N';
 
 /// Largest control datagram: one page, the child's receive buffer. Longer
-/// texts (a `/who` reply for thousands of users) go as several `TEXT`
-/// messages ([`frames`]), which the child simply concatenates.
+/// texts (a `/who` reply for thousands of users) go as several messages
+/// ([`frames`]): `MORE` pieces, which the child holds, then the last piece,
+/// which releases the whole text to the send queue at once.
 pub const MAX_MSG: usize = 4096;
 
 /// Frames `body` under `tag` as datagrams of at most [`MAX_MSG`] bytes: all
-/// but the last piece as `TEXT`, the last under `tag` (so a `CLOSE` comes
+/// but the last piece as `MORE`, the last under `tag` (so a `CLOSE` comes
 /// after all of its text).
 pub fn frames(tag: u8, body: &[u8]) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = body
         .chunks(MAX_MSG - 1)
         .map(|c| {
             let mut m = Vec::with_capacity(1 + c.len());
-            m.push(TEXT);
+            m.push(MORE);
             m.extend_from_slice(c);
             m
         })
@@ -73,21 +77,31 @@ pub enum Recv {
     Empty,
     /// The other end closed.
     Eof,
-    /// A message with this tag; a `TEXT` or `CLOSE` body was appended.
+    /// A message with this tag; a `MORE` body went to `held`, a `TEXT` or
+    /// `CLOSE` body (after what was held) to the send queue.
     Msg(u8),
 }
 
-/// Receives one message and appends its body, if it is `TEXT` or `CLOSE`,
-/// to `out` (the child's send queue). The datagram lands on the stack
-/// first, so that `out` grows only by what it keeps.
-pub fn recv_append(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> nix::Result<Recv> {
+/// Receives one message. A `MORE` piece is appended to `held`; a `TEXT` or
+/// `CLOSE` piece ends the text: what was held, then the piece, go to `out`
+/// (the child's send queue) together, so nothing the child queues in the
+/// meantime (relayed lines, its own replies) lands inside a long text. The
+/// datagram lands on the stack first, so that `out` grows only by what it
+/// keeps.
+pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>, out: &mut Vec<u8>) -> nix::Result<Recv> {
     let mut buf = [0u8; MAX_MSG];
     Ok(match recv_msg(fd, &mut buf)? {
         None => Recv::Empty,
         Some(0) => Recv::Eof,
         Some(n) => {
-            if buf[0] == TEXT || buf[0] == CLOSE {
-                out.extend_from_slice(&buf[1..n]);
+            let body = &buf[1..n];
+            match buf[0] {
+                MORE => held.extend_from_slice(body),
+                TEXT | CLOSE => {
+                    out.append(held);
+                    out.extend_from_slice(body);
+                }
+                _ => {}
             }
             Recv::Msg(buf[0])
         }
@@ -106,7 +120,8 @@ mod tests {
         let f = frames(CLOSE, &body);
         assert_eq!(f.len(), 3);
         assert!(f.iter().all(|m| m.len() <= MAX_MSG));
-        assert_eq!(f[0][0], TEXT);
+        assert_eq!(f[0][0], MORE);
+        assert_eq!(f[1][0], MORE);
         assert_eq!(f[2][0], CLOSE);
         let joined: Vec<u8> = f.iter().flat_map(|m| m[1..].to_vec()).collect();
         assert_eq!(joined, body);
@@ -124,15 +139,39 @@ mod tests {
         )
         .unwrap();
         let mut q = b"queued ".to_vec();
-        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Empty));
-        for m in [&b"Thello "[..], b"Nignored", b"Cbye"] {
+        let mut held = Vec::new();
+        assert_eq!(recv_append(b.as_fd(), &mut held, &mut q), Ok(Recv::Empty));
+        for m in [&b"Thello "[..], b"Nignored", b"Mlong ", b"Mtext, "] {
             assert!(send_raw(a.as_fd(), m).unwrap());
         }
-        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Msg(TEXT)));
-        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Msg(NOTIFY)));
-        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Msg(CLOSE)));
-        assert_eq!(q, b"queued hello bye");
+        assert_eq!(
+            recv_append(b.as_fd(), &mut held, &mut q),
+            Ok(Recv::Msg(TEXT))
+        );
+        assert_eq!(
+            recv_append(b.as_fd(), &mut held, &mut q),
+            Ok(Recv::Msg(NOTIFY))
+        );
+        assert_eq!(
+            recv_append(b.as_fd(), &mut held, &mut q),
+            Ok(Recv::Msg(MORE))
+        );
+        assert_eq!(
+            recv_append(b.as_fd(), &mut held, &mut q),
+            Ok(Recv::Msg(MORE))
+        );
+        // The pieces of a long text wait until its last piece: whatever
+        // the child queues meanwhile comes before it, never inside it.
+        assert_eq!(q, b"queued hello ");
+        q.extend_from_slice(b"relayed\n ");
+        assert!(send_raw(a.as_fd(), b"Cbye").unwrap());
+        assert_eq!(
+            recv_append(b.as_fd(), &mut held, &mut q),
+            Ok(Recv::Msg(CLOSE))
+        );
+        assert_eq!(q, b"queued hello relayed\n long text, bye");
+        assert!(held.is_empty());
         drop(a);
-        assert_eq!(recv_append(b.as_fd(), &mut q), Ok(Recv::Eof));
+        assert_eq!(recv_append(b.as_fd(), &mut held, &mut q), Ok(Recv::Eof));
     }
 }

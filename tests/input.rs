@@ -72,6 +72,25 @@ fn who_with_hundreds_of_long_nicks_is_one_whole_line() {
     assert_eq!(listed, nicks.iter().map(String::as_str).collect::<Vec<_>>());
     c.send("/who\n");
     assert!(c.expect("online:").starts_with("* 250 online: "));
+    // While another client floods the room, every reply is still one whole
+    // line: the reply's pieces reach the send queue together, never with
+    // relayed lines between them.
+    for round in 0..10 {
+        let mut burst = String::new();
+        for i in 0..200 {
+            burst.push_str(&format!("chatter {round} {i}\n"));
+        }
+        clients[1].send(&burst);
+        let c = &mut clients[0];
+        c.send("/who\n");
+        let who = c.expect("250 online:");
+        let mut listed: Vec<&str> = who
+            .trim_start_matches("* 250 online:")
+            .split_whitespace()
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(listed, nicks.iter().map(String::as_str).collect::<Vec<_>>());
+    }
 }
 
 #[test]

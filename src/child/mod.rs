@@ -96,6 +96,9 @@ struct Child {
     last_flood_notice: Option<Instant>,
     sendq: Vec<u8>,
     sent: usize,
+    /// The first pieces of a long control text (`ipc::MORE`), held until
+    /// its last piece so that the text reaches the send queue whole.
+    ctl_held: Vec<u8>,
     /// The send queue's pages hold data written since they were last given
     /// back (see [`Child::release_idle_pages`]).
     sendq_dirty: bool,
@@ -130,6 +133,7 @@ pub fn run(
         last_flood_notice: None,
         sendq: Vec::new(),
         sent: 0,
+        ctl_held: Vec::new(),
         sendq_dirty: false,
         partial_since: None,
         client_eof: false,
@@ -198,7 +202,7 @@ impl Child {
             return None;
         }
         loop {
-            match ipc::recv_append(self.ctl.as_fd(), &mut self.sendq) {
+            match ipc::recv_append(self.ctl.as_fd(), &mut self.ctl_held, &mut self.sendq) {
                 Ok(ipc::Recv::Empty) => return None,
                 Ok(ipc::Recv::Eof) | Err(_) => return Some(Exit::Fatal("master gone")),
                 Ok(ipc::Recv::Msg(ipc::CLOSE)) => return Some(Exit::ClosedByMaster),
