@@ -10,9 +10,11 @@
 //! So once set up, the master allocates from an arena of its own: a
 //! private anonymous mapping marked `MADV_DONTFORK`, which children do not
 //! inherit at all (nor its page tables), managed by the `talc` allocator.
-//! [`Allocator`] is chatd's global allocator (`main.rs` installs it through
-//! [`Global`]) and routes by address: pointers inside the arena go to talc, all others to
-//! the system allocator. In a child, the first thing after `fork` is
+//! [`Global`] is chatd's global allocator (`main.rs` installs it) and
+//! routes by address: pointers inside the arena go to talc, all others to
+//! the system allocator. talc's state sits at the base of the arena it
+//! manages and the choice of arena in thread-local storage, so that the
+//! master's allocations write no page that children share. In a child, the first thing after `fork` is
 //! [`leave`], and once the shared region is confined, [`child`]: the child
 //! gets an arena of its own in fresh pages, placed right after its view of
 //! the shared region (one page-table block for both), so it does not write
@@ -27,9 +29,9 @@
 //! seccomp program, the logger) is inherited normally.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use talc::{OomHandler, Span, Talc};
 
 /// Address space reserved for the master's arena (populated as used).
@@ -72,75 +74,100 @@ impl OomHandler for Grow {
     }
 }
 
-/// talc's state; its pointers refer to the arena mapping.
+/// talc's state. It lives at the base of the arena it manages: in the
+/// master, inside the mapping children do not inherit, so the master's
+/// allocations write no page a child shares (a static here would be such a
+/// page, left behind as a private copy in every child forked before each
+/// write).
 struct Heap(Talc<Grow>);
 
-// SAFETY: the raw pointers inside Talc point into the arena mapping, which
-// belongs to the process, not to a thread; the heap is only used under the
-// mutex below.
-unsafe impl Send for Heap {}
-
-/// chatd's global allocator: the master's arena, or the system allocator.
-pub struct Allocator {
-    heap: Mutex<Heap>,
-    /// New allocations go to the arena (set by `enter`, cleared by `leave`).
-    active: AtomicBool,
+/// Where this process's allocations go. Kept in thread-local storage,
+/// whose page every process writes anyway (errno lives there), not in a
+/// static: a child setting it up would make its own copy of a page of the
+/// binary's data, and the master's writes would leave one in every child.
+///
+/// chatd's master is single-threaded (see `master::spawn::fork_bare`), so
+/// "this thread" is "this process". Another thread would allocate from the
+/// system heap and must not free arena blocks.
+#[derive(Clone, Copy)]
+struct Route {
+    /// The arena's talc state, at `base`; null: the system allocator.
+    heap: *mut Heap,
+    /// The arena mapping is `[base, end)`.
+    base: usize,
+    end: usize,
     /// In a child: never `realloc` in the system heap, which may `mremap`,
     /// a call outside the child's seccomp allowlist.
-    no_remap: AtomicBool,
+    no_remap: bool,
     /// In a child that has unmapped the system heap ([`drop_system_heap`]):
     /// never call the system allocator again.
-    no_system: AtomicBool,
-    base: AtomicUsize,
-    end: AtomicUsize,
+    no_system: bool,
 }
 
-impl Allocator {
-    pub const fn new() -> Allocator {
-        Allocator {
-            heap: Mutex::new(Heap(Talc::new(Grow {
-                heap: Span::empty(),
-                limit: Span::empty(),
-            }))),
-            active: AtomicBool::new(false),
-            no_remap: AtomicBool::new(false),
-            no_system: AtomicBool::new(false),
-            base: AtomicUsize::new(0),
-            end: AtomicUsize::new(0),
-        }
-    }
+const NO_ARENA: Route = Route {
+    heap: std::ptr::null_mut(),
+    base: 0,
+    end: 0,
+    no_remap: false,
+    no_system: false,
+};
 
+thread_local! {
+    static ROUTE: Cell<Route> = const { Cell::new(NO_ARENA) };
+}
+
+fn route() -> Route {
+    ROUTE.with(Cell::get)
+}
+
+fn set_route(f: impl FnOnce(&mut Route)) {
+    ROUTE.with(|r| {
+        let mut v = r.get();
+        f(&mut v);
+        r.set(v);
+    });
+}
+
+impl Route {
     fn owns(&self, p: *mut u8) -> bool {
         let a = p as usize;
-        a >= self.base.load(Relaxed) && a < self.end.load(Relaxed)
-    }
-
-    fn heap(&self) -> std::sync::MutexGuard<'_, Heap> {
-        // A panic while the lock is held cannot leave talc half-updated in
-        // a way that matters here (panic = abort in release builds).
-        self.heap.lock().unwrap_or_else(|e| e.into_inner())
+        a >= self.base && a < self.end
     }
 }
 
-impl Default for Allocator {
-    fn default() -> Self {
-        Allocator::new()
-    }
+/// talc, if `heap` is an arena's (non-null).
+///
+/// # Safety
+/// No other reference to the heap may be live: the allocator's methods
+/// take it for the length of one call and never re-enter (talc does not
+/// allocate), and only this thread has the route.
+unsafe fn talc<'a>(heap: *mut Heap) -> Option<&'a mut Talc<Grow>> {
+    // SAFETY: a non-null `heap` points to the Heap that use_arena wrote at
+    // the base of a mapping this process keeps for good; exclusive per the
+    // contract.
+    unsafe { heap.as_mut() }.map(|h| &mut h.0)
 }
+
+/// chatd's global allocator (`main.rs` installs it): the arena this
+/// process uses, if any, or the system allocator. It has no state of its
+/// own: that is [`Route`] and [`Heap`].
+pub struct Global;
 
 // SAFETY: every pointer handed out comes either from the system allocator
 // or from talc on memory reserved for it alone, and goes back to the one it
 // came from (arena pointers are recognised by address). talc's own
 // requirements (non-zero sizes, matching layouts) are GlobalAlloc's.
-unsafe impl GlobalAlloc for Allocator {
+unsafe impl GlobalAlloc for Global {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if self.active.load(Relaxed) {
+        let r = route();
+        // SAFETY: one use of talc for this call (talc).
+        if let Some(t) = unsafe { talc(r.heap) } {
             // SAFETY: GlobalAlloc callers never ask for zero bytes.
-            if let Ok(p) = unsafe { self.heap().0.malloc(layout) } {
+            if let Ok(p) = unsafe { t.malloc(layout) } {
                 return p.as_ptr();
             }
         }
-        if self.no_system.load(Relaxed) {
+        if r.no_system {
             return std::ptr::null_mut(); // out of memory: the arena is full
         }
         // SAFETY: forwarded unchanged.
@@ -148,39 +175,43 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if self.owns(ptr) {
+        let r = route();
+        // SAFETY: one use of talc for this call (talc).
+        match unsafe { talc(r.heap) } {
             // SAFETY: ptr came from talc.malloc with this layout.
-            unsafe { self.heap().0.free(NonNull::new_unchecked(ptr), layout) }
-        } else if !self.no_system.load(Relaxed) {
+            Some(t) if r.owns(ptr) => unsafe { t.free(NonNull::new_unchecked(ptr), layout) },
             // SAFETY: ptr came from System with this layout.
-            unsafe { System.dealloc(ptr, layout) }
+            _ if !r.no_system => unsafe { System.dealloc(ptr, layout) },
+            // It lay in the unmapped system heap: nothing to give back.
+            _ => {}
         }
-        // Else it lay in the unmapped system heap: nothing to give back.
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let in_arena = self.owns(ptr);
-        if !in_arena && self.no_system.load(Relaxed) {
+        let r = route();
+        let in_arena = r.owns(ptr);
+        if !in_arena && r.no_system {
             // The block lay in the unmapped system heap; nothing can be
             // copied from it.
             return std::ptr::null_mut();
         }
-        let active = self.active.load(Relaxed);
-        if !in_arena && !active && !self.no_remap.load(Relaxed) {
+        if !in_arena && r.heap.is_null() && !r.no_remap {
             // SAFETY: forwarded unchanged.
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
-        if in_arena && active {
-            let p = NonNull::new(ptr).expect("non-null");
-            let mut h = self.heap();
-            if new_size <= layout.size() {
-                // SAFETY: ptr is a live talc allocation of `layout`.
-                unsafe { h.0.shrink(p, layout, new_size) };
-                return ptr;
-            }
-            // SAFETY: as above; talc moves the block if it cannot grow it.
-            if let Ok(q) = unsafe { h.0.grow(p, layout, new_size) } {
-                return q.as_ptr();
+        if in_arena {
+            // SAFETY: one use of talc for this call (talc).
+            if let Some(t) = unsafe { talc(r.heap) } {
+                let p = NonNull::new(ptr).expect("non-null");
+                if new_size <= layout.size() {
+                    // SAFETY: ptr is a live talc allocation of `layout`.
+                    unsafe { t.shrink(p, layout, new_size) };
+                    return ptr;
+                }
+                // SAFETY: as above; talc moves the block if it cannot grow it.
+                if let Ok(q) = unsafe { t.grow(p, layout, new_size) } {
+                    return q.as_ptr();
+                }
             }
         }
         // Moving between the arena and the system heap (or talc is full):
@@ -198,28 +229,6 @@ unsafe impl GlobalAlloc for Allocator {
             }
         }
         q
-    }
-}
-
-/// The one [`Allocator`]; [`enter`] and [`leave`] act on it.
-pub static GLOBAL: Allocator = Allocator::new();
-
-/// A handle to [`GLOBAL`] to install with `#[global_allocator]`.
-pub struct Global;
-
-// SAFETY: forwards every call unchanged to GLOBAL, a valid GlobalAlloc.
-unsafe impl GlobalAlloc for Global {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded unchanged.
-        unsafe { GLOBAL.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged.
-        unsafe { GLOBAL.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded unchanged.
-        unsafe { GLOBAL.realloc(ptr, layout, new_size) }
     }
 }
 
@@ -260,21 +269,35 @@ fn use_arena(
             .map_err(|e| ArenaError(format!("madvise(MADV_DONTFORK): {e}")))?;
     }
     let base = base.as_ptr() as *mut u8;
-    let mut h = GLOBAL.heap();
-    // A fresh talc: any previous one managed a mapping this process no
-    // longer has (the master's, in a child) and is forgotten.
-    let limit = Span::from_base_size(base, len);
-    h.0 = Talc::new(Grow {
-        heap: Span::empty(),
-        limit,
-    });
+    // talc's state first, then the memory it manages. A fresh talc: any
+    // previous one managed a mapping this process no longer has (the
+    // master's, in a child) and is forgotten.
+    let state = std::mem::size_of::<Heap>().next_multiple_of(64);
+    let limit = Span::from_base_size(base.wrapping_add(state), len - state);
+    let heap = base as *mut Heap;
+    // SAFETY: the mapping is fresh, writable, page-aligned (so aligned for
+    // Heap) and longer than Heap; nothing else refers to it.
+    unsafe {
+        heap.write(Heap(Talc::new(Grow {
+            heap: Span::empty(),
+            limit,
+        })))
+    };
+    // SAFETY: the Heap was just written and nobody else has it yet.
+    let talc = unsafe { &mut (*heap).0 };
+    let claim = Span::from_base_size(
+        base.wrapping_add(state),
+        first.min(len).saturating_sub(state),
+    );
     // SAFETY: the span is memory reserved for talc alone, never freed.
-    let heap = unsafe { h.0.claim(Span::from_base_size(base, first.min(len))) }
+    let claimed = unsafe { talc.claim(claim) }
         .map_err(|()| ArenaError("talc could not claim the arena".into()))?;
-    h.0.oom_handler.heap = heap;
-    GLOBAL.base.store(base as usize, Relaxed);
-    GLOBAL.end.store(base as usize + len, Relaxed);
-    GLOBAL.active.store(true, Relaxed);
+    talc.oom_handler.heap = claimed;
+    set_route(|r| {
+        r.heap = heap;
+        r.base = base as usize;
+        r.end = base as usize + len;
+    });
     Ok(())
 }
 
@@ -282,12 +305,12 @@ fn use_arena(
 /// fault-injection hook, which must not mistake it for another slot).
 #[cfg(feature = "fault-injection")]
 pub fn span() -> Option<(usize, usize)> {
-    let base = GLOBAL.base.load(Relaxed);
-    (base != 0).then(|| (base, GLOBAL.end.load(Relaxed)))
+    let r = route();
+    (r.base != 0).then_some((r.base, r.end))
 }
 
 /// Reserves the master's arena (`MADV_DONTFORK`) and sends the master's
-/// later allocations there. Does nothing useful unless [`GLOBAL`] is the
+/// later allocations there. Does nothing useful unless [`Global`] is the
 /// global allocator (`main.rs`).
 pub fn enter() -> Result<(), ArenaError> {
     use_arena(ARENA_BYTES, MASTER_FIRST, true, None)
@@ -297,10 +320,12 @@ pub fn enter() -> Result<(), ArenaError> {
 /// arena is not mapped here, so allocations go to the system heap until
 /// [`child`] gives the child an arena of its own.
 pub fn leave() {
-    GLOBAL.active.store(false, Relaxed);
-    GLOBAL.base.store(0, Relaxed);
-    GLOBAL.end.store(0, Relaxed);
-    GLOBAL.no_remap.store(true, Relaxed);
+    set_route(|r| {
+        *r = Route {
+            no_remap: true,
+            ..NO_ARENA
+        }
+    });
 }
 
 /// The child's own arena, at `at` if free: address space for `sendq_max`
@@ -349,7 +374,7 @@ pub fn note_system_heap() {
 /// value with a destructor touched for the first time).
 pub fn drop_system_heap() -> Result<usize, nix::Error> {
     let start = HEAP_START.load(Relaxed);
-    if start == 0 || !GLOBAL.active.load(Relaxed) {
+    if start == 0 || route().heap.is_null() {
         return Ok(0);
     }
     // SAFETY: sbrk(0) only reads glibc's record of the current break.
@@ -357,7 +382,7 @@ pub fn drop_system_heap() -> Result<usize, nix::Error> {
     let Some(len) = end.checked_sub(start).filter(|&l| l > 0) else {
         return Ok(0);
     };
-    GLOBAL.no_system.store(true, Relaxed);
+    set_route(|r| r.no_system = true);
     let start = std::ptr::NonNull::new(start as *mut libc::c_void).expect("non-null");
     // SAFETY: [start, end) is the brk heap (the kernel's start_brk to
     // glibc's current break): glibc's malloc owns it, and from here on

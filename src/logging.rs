@@ -54,7 +54,7 @@ pub fn init(will_chroot: bool) -> Sink {
             .with(filter())
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(|| RawStderr)
                     .with_target(false)
                     .with_ansi(std::io::stderr().is_terminal()),
             )
@@ -114,6 +114,22 @@ fn priority(level: &Level) -> u8 {
     }
 }
 
+/// Standard error, written without std's `Stderr` lock. That lock is a
+/// static in the binary's data; the master taking it for every event after
+/// a fork would leave a private copy of its page in every child forked
+/// before. Each event is one `write_all`, as with std's (unbuffered)
+/// stderr.
+struct RawStderr;
+
+impl Write for RawStderr {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        nix::unistd::write(std::io::stderr(), b).map_err(std::io::Error::from)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Makes stderr writers that put the event's `<N>` priority first.
 struct Prefixed;
 
@@ -140,7 +156,7 @@ impl Drop for PrefixedWriter {
         }
         let mut line = format!("<{}>", self.prio).into_bytes();
         line.extend_from_slice(&self.buf);
-        let _ = std::io::stderr().write_all(&line);
+        let _ = RawStderr.write_all(&line);
     }
 }
 

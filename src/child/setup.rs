@@ -9,7 +9,8 @@
 //! Then [`prepare`], one sequence, in order; any failure is fatal (the
 //! child writes one line naming the step to stderr and exits with status
 //! 70):
-//! 1. a panic hook that writes one line to stderr and `_exit`s (under the
+//! 1. (installed by the master before its first fork: [`install_panic_hook`])
+//!    a panic hook that writes one line to stderr and `_exit`s (under the
 //!    seccomp filter a normal panic would die confusingly of SIGSYS);
 //! 2. signals: unblock everything the master blocked for its signalfd;
 //!    ignore SIGINT and SIGHUP (a terminal's Ctrl-C or hangup reaches the
@@ -43,6 +44,7 @@ use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Sign
 use nix::unistd::{getppid, Pid};
 use std::io::Write;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// Where the client socket, the control socket and the wake-up eventfd end
 /// up in the child.
@@ -60,6 +62,29 @@ pub const TOKEN_WAKE: u64 = 2;
 pub fn exit(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Makes every panic one line on stderr, `chatd child PID: panic: ...`,
+/// after which a child exits with status 101 (the master reports it) and
+/// the master aborts (`chatd master PID: panic: ...`). The master installs
+/// it before its first fork: a child setting its own hook would write the
+/// page of the binary's data that holds it, and keep a private copy of
+/// that page.
+pub fn install_panic_hook() {
+    // A static, not a captured value: the hook must not be a heap block
+    // (children unmap the system heap; a closure without captures is not
+    // allocated).
+    static MASTER: AtomicU32 = AtomicU32::new(0);
+    MASTER.store(std::process::id(), Relaxed);
+    std::panic::set_hook(Box::new(|info| {
+        let pid = std::process::id();
+        let master = MASTER.load(Relaxed);
+        let who = if pid == master { "master" } else { "child" };
+        let _ = writeln!(std::io::stderr(), "chatd {who} {pid}: panic: {info}");
+        if pid != master {
+            exit(101)
+        }
+    }));
 }
 
 /// What the sandbox needs to know about this child.
@@ -92,11 +117,6 @@ pub struct Prepared {
 /// Runs steps 1–8. `wake` is the master's wake-up eventfd as inherited by
 /// fork (the child owns its copy of every fd).
 pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Prepared {
-    std::panic::set_hook(Box::new(|info| {
-        let mut e = std::io::stderr().lock();
-        let _ = writeln!(e, "chatd child {}: panic: {info}", std::process::id());
-        exit(101)
-    }));
     step("signals", reset_signals());
     step(
         "parent-death signal",

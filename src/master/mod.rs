@@ -154,6 +154,7 @@ impl Master {
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
         crate::arena::note_system_heap();
         let confined = plan.apply().context("confinement")?;
+        crate::child::setup::install_panic_hook();
         // From here on the master's allocations (its client table above
         // all) go to an arena that forked children do not inherit.
         if let Err(e) = crate::arena::enter() {
