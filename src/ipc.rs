@@ -85,27 +85,46 @@ pub enum Recv {
 /// Receives one message. A `MORE` piece is appended to `held`; a `TEXT` or
 /// `CLOSE` piece ends the text: what was held, then the piece, go to `out`
 /// (the child's send queue) together, so nothing the child queues in the
-/// meantime (relayed lines, its own replies) lands inside a long text. The
-/// datagram lands on the stack first, so that `out` grows only by what it
-/// keeps.
+/// meantime (relayed lines, its own replies) lands inside a long text.
+///
+/// The datagram is received straight into `held`'s spare room, its length
+/// asked first (`MSG_PEEK | MSG_TRUNC`): no 4 KiB buffer on the stack (a
+/// page every child would keep) and `held` grows only by what it keeps.
 pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>, out: &mut Vec<u8>) -> nix::Result<Recv> {
-    let mut buf = [0u8; MAX_MSG];
-    Ok(match recv_msg(fd, &mut buf)? {
-        None => Recv::Empty,
-        Some(0) => Recv::Eof,
-        Some(n) => {
-            let body = &buf[1..n];
-            match buf[0] {
-                MORE => held.extend_from_slice(body),
-                TEXT | CLOSE => {
-                    out.append(held);
-                    out.extend_from_slice(body);
-                }
-                _ => {}
-            }
-            Recv::Msg(buf[0])
+    let mut tag = [0u8; 1];
+    let n = match recv(
+        fd.as_raw_fd(),
+        &mut tag,
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+    ) {
+        Ok(0) => return Ok(Recv::Eof),
+        Ok(n) => n.min(MAX_MSG),
+        Err(Errno::EAGAIN) => return Ok(Recv::Empty),
+        Err(e) => return Err(e),
+    };
+    let keep = held.len();
+    held.resize(keep + n, 0);
+    let got = match recv(fd.as_raw_fd(), &mut held[keep..], MsgFlags::MSG_DONTWAIT) {
+        Ok(got) => got,
+        Err(e) => {
+            held.truncate(keep);
+            return Err(e);
         }
-    })
+    };
+    held.truncate(keep + got);
+    if got == 0 {
+        return Ok(Recv::Eof);
+    }
+    // The tag is the datagram's first byte; the body follows it.
+    held.remove(keep);
+    match tag[0] {
+        MORE => {}
+        TEXT | CLOSE => {
+            out.append(held);
+        }
+        _ => held.truncate(keep),
+    }
+    Ok(Recv::Msg(tag[0]))
 }
 
 #[cfg(test)]
