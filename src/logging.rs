@@ -123,7 +123,11 @@ struct RawStderr;
 
 impl Write for RawStderr {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        nix::unistd::write(std::io::stderr(), b).map_err(std::io::Error::from)
+        match nix::unistd::write(std::io::stderr(), b) {
+            // As std's stderr: a closed stderr swallows what is written.
+            Err(nix::errno::Errno::EBADF) => Ok(b.len()),
+            r => r.map_err(std::io::Error::from),
+        }
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
