@@ -28,6 +28,7 @@ use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 /// Everything the master decided for this client before forking: plain
@@ -56,9 +57,6 @@ const QUIT_RESERVE: u64 = 16 + MAX_REASON as u64;
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Minimum time between two flood-control notices.
 const FLOOD_NOTICE_EVERY: Duration = Duration::from_secs(10);
-/// How long a child waits with nothing to send before it gives back the
-/// pages of its send queue (see [`Child::release_idle_pages`]).
-const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// A send queue with more capacity than this is freed, not only emptied,
 /// when its pages are given back.
 const BIG_SENDQ: usize = 64 * 1024;
@@ -80,7 +78,6 @@ enum Exit {
 }
 
 struct Child {
-    #[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
     region: &'static Region,
     client: TcpStream,
     ctl: OwnedFd,
@@ -102,6 +99,8 @@ struct Child {
     /// The send queue's pages hold data written since they were last given
     /// back (see [`Child::release_idle_pages`]).
     sendq_dirty: bool,
+    /// The master's trim epoch this child last acted on.
+    trim_seen: u64,
     /// When the line being received began (see `Spec::line_timeout`).
     partial_since: Option<Instant>,
     spec: Spec,
@@ -135,6 +134,7 @@ pub fn run(
         sent: 0,
         ctl_held: Vec::new(),
         sendq_dirty: false,
+        trim_seen: region.header().trim.load(Relaxed),
         partial_since: None,
         client_eof: false,
         readable: true,
@@ -172,6 +172,7 @@ impl Child {
             if self.sendq.len() - self.sent > self.spec.max_sendq {
                 return Exit::SendQ;
             }
+            self.check_trim();
             if let Err(e) = self.read_client() {
                 return e;
             }
@@ -399,12 +400,7 @@ impl Child {
             return Ok(());
         }
         let flood = Some(self.flood.wait()).filter(|d| !d.is_zero());
-        let release = (self.sendq_dirty && self.sendq.is_empty()).then_some(IDLE_RELEASE);
-        let first = [flood, self.line_deadline(), release]
-            .into_iter()
-            .flatten()
-            .min();
-        let timeout = match first {
+        let timeout = match [flood, self.line_deadline()].into_iter().flatten().min() {
             None => EpollTimeout::NONE,
             Some(d) => {
                 EpollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(EpollTimeout::MAX)
@@ -413,17 +409,23 @@ impl Child {
         // No announcement is needed before sleeping: the wake-up eventfd is
         // edge-triggered and registered, so a batch published since the log
         // was last drained has already queued an event here.
-        let events = self
-            .sleep(timeout)
-            .map_err(|_| Exit::Fatal("epoll failed"))?;
-        if events == 0 && release.is_some() && first == release {
-            self.release_idle_pages();
+        self.sleep(timeout).map_err(|_| Exit::Fatal("epoll failed"))
+    }
+
+    /// When the master says the room has gone quiet (the header's trim
+    /// epoch changed), gives back the send queue's pages if it is empty.
+    fn check_trim(&mut self) {
+        let epoch = self.region.header().trim.load(Relaxed);
+        if epoch != self.trim_seen {
+            self.trim_seen = epoch;
+            if self.sendq_dirty && self.sendq.is_empty() {
+                self.release_idle_pages();
+            }
         }
-        Ok(())
     }
 
     /// Gives the whole pages inside the (empty) send queue's buffer back to
-    /// the kernel once the client has been idle for [`IDLE_RELEASE`]. The
+    /// the kernel, when the master's trim says the room is quiet. The
     /// buffer keeps its capacity; its pages come back as zeros when next
     /// written. Without this, every child that once relayed a burst (a
     /// crowd joining, say) would keep that burst's pages for good.
@@ -442,9 +444,8 @@ impl Child {
         }
     }
 
-    /// One `epoll_wait`: records what became readable or writable, and
-    /// says how many fds had events (0: the timeout passed).
-    fn sleep(&mut self, timeout: EpollTimeout) -> nix::Result<usize> {
+    /// One `epoll_wait`: records what became readable or writable.
+    fn sleep(&mut self, timeout: EpollTimeout) -> nix::Result<()> {
         let mut events = [EpollEvent::empty(); 3];
         let n = match self.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
@@ -467,7 +468,7 @@ impl Child {
                 _ => {} // the wake-up: the loop re-checks the log anyway.
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Announces the departure to the master, sends the last line and exits.

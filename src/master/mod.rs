@@ -478,6 +478,7 @@ impl Master {
             }
         }
         self.relay_check_stall(now);
+        self.trim_if_quiet(now);
         self.resume_accepting(now);
         self.notify_tick(now);
         let fast = self.shutdown_at.is_some()

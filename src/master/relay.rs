@@ -39,7 +39,7 @@ use crate::shm::ring::{Corrupt, RingReader};
 use crate::shm::{Region, LOG_BYTES};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::sync::atomic::Ordering::{Acquire, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -52,6 +52,10 @@ pub const BUSY_LINES: usize = 4;
 /// In a busy room, how long a wake-up waits after the first line it holds,
 /// for the lines that come in the same burst.
 pub const BUSY_SETTLE: Duration = Duration::from_micros(600);
+/// How long a room is quiet (no wake-up) before the children are told to
+/// give back idle memory ([`Master::trim_if_quiet`]); the timer's tick
+/// (1 s when idle) comes on top.
+pub const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// How often a held-back wake-up re-checks the readers' cursors.
 pub const WAKE_RECHECK: Duration = Duration::from_micros(100);
 
@@ -78,6 +82,8 @@ pub struct Relay {
     last_wake: Option<Instant>,
     lines_at_last_wake: usize,
     lines_since_wake: usize,
+    /// The children were told to trim since the last wake-up.
+    trimmed: bool,
     payload: Vec<u8>,
 }
 
@@ -96,6 +102,7 @@ impl Relay {
             last_wake: None,
             lines_at_last_wake: 0,
             lines_since_wake: 0,
+            trimmed: false,
             payload: Vec::with_capacity(MAX_LINE_LIMIT),
         }
     }
@@ -223,6 +230,7 @@ impl Master {
         let r = &mut self.relay;
         r.last_wake = Some(now);
         r.lines_at_last_wake = std::mem::take(&mut r.lines_since_wake);
+        r.trimmed = false;
         r.unwoken = false;
         r.held_since = None;
         r.prev_woken_head = r.woken_head;
@@ -494,6 +502,25 @@ impl Master {
         self.relay.blocked_since = Some(now);
         self.refresh_tail();
         self.relay_turn();
+    }
+
+    /// Called by the timer: once the room has had no wake-up for
+    /// [`TRIM_AFTER`], wakes every child one more time with the header's
+    /// trim epoch bumped, and a child whose send queue is empty gives its
+    /// pages back. Idle children thus return what a burst (a crowd joining)
+    /// made them hold, without a timer of their own: a timeout on every
+    /// child's sleep cost about 8% more CPU in the open-loop benchmark.
+    pub(super) fn trim_if_quiet(&mut self, now: Instant) {
+        let r = &mut self.relay;
+        let quiet = r
+            .last_wake
+            .is_some_and(|t| now.duration_since(t) >= TRIM_AFTER);
+        if !quiet || r.trimmed || r.unwoken {
+            return;
+        }
+        r.trimmed = true;
+        self.region.header().trim.fetch_add(1, Release);
+        self.wake_children();
     }
 
     /// Wakes every child at once: one write to the shared eventfd, which

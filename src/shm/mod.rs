@@ -76,6 +76,10 @@ pub struct Header {
     pub log_bytes: AtomicU64,
     /// Byte position one past the last published log entry (monotonic).
     pub log_head: AtomicU64,
+    /// Bumped by the master once a room has been quiet for a while (see
+    /// `master::relay`); a child that sees it change gives back the pages
+    /// of its (empty) send queue.
+    pub trim: AtomicU64,
 }
 
 /// Per-slot state kept by the master. Written by the master only.

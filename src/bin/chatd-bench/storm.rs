@@ -164,6 +164,9 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
     Ok(out)
 }
 
+/// How long idle clients have received nothing when memory is measured.
+const IDLE: Duration = Duration::from_secs(3);
+
 /// Connects `n` idle clients, reads what the server sends them until it is
 /// quiet, and returns (PSS, page tables, processes) of the server tree,
 /// and the clients (still connected until dropped).
@@ -180,10 +183,12 @@ pub fn idle_memory(server: &Server, n: usize) -> Result<((u64, u64, usize), Vec<
             drain(&mut clients, &mut buf);
         }
     }
-    // Quiet: nothing arrives for 300 ms.
+    // Idle: nothing has arrived for IDLE (a server may tidy up once its
+    // clients have gone quiet; chatd's master tells its children after 1 s
+    // without a wake-up, at its next 1 s tick).
     let mut quiet_since = Instant::now();
     let end = Instant::now() + Duration::from_secs(20);
-    while quiet_since.elapsed() < Duration::from_millis(300) && Instant::now() < end {
+    while quiet_since.elapsed() < IDLE && Instant::now() < end {
         if drain(&mut clients, &mut buf) > 0 {
             quiet_since = Instant::now();
         }
