@@ -18,7 +18,7 @@
 //! ```text
 //!  offset 0         +--------------------------------------+
 //!                   | Header (one page): magic, sizes,     |  master writes
-//!                   | log_head                             |
+//!                   | log_head, trim                       |
 //!  PAGE             +--------------------------------------+
 //!                   | SlotControl[max_slots], 64 B each:   |  master writes
 //!                   | gen, consumed (ring ack), evicted    |
