@@ -14,19 +14,19 @@
 //! routes by address: pointers inside the arena go to talc, all others to
 //! the system allocator. talc's state sits at the base of the arena it
 //! manages and the choice of arena in thread-local storage, so that the
-//! master's allocations write no page that children share. In a child, the first thing after `fork` is
-//! [`leave`], and once the shared region is confined, [`child`]: the child
-//! gets an arena of its own in fresh pages, placed right after its view of
-//! the shared region (one page-table block for both), so it does not write
-//! the inherited system heap either, whose pages (which the master no
-//! longer writes) stay shared by all children.
+//! master's allocations write no page that children share. In a child,
+//! the first thing after `fork` is [`leave`], and once the shared region
+//! is confined, [`child`]: the child gets an arena of its own in fresh
+//! pages, placed right after its view of the shared region (one page-table
+//! block for both), so it does not write the inherited system heap either.
+//! Its last set-up step unmaps that heap ([`drop_system_heap`]).
 //!
 //! The rule this imposes: a child must not touch anything the master
 //! allocated after [`enter`]; it would fault on the missing mapping. What a
 //! child needs from the master is its `Spec` (plain values on the master's
 //! stack) and its greeting, which waits in its control socket before the
 //! fork. Everything the master set up before [`enter`] (the region, the
-//! seccomp program, the logger) is inherited normally.
+//! seccomp program) is inherited normally, and used only during set-up.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -150,7 +150,7 @@ unsafe fn talc<'a>(heap: *mut Heap) -> Option<&'a mut Talc<Grow>> {
 
 /// chatd's global allocator (`main.rs` installs it): the arena this
 /// process uses, if any, or the system allocator. It has no state of its
-/// own: that is [`Route`] and [`Heap`].
+/// own: that is `Route` (thread-local) and `Heap` (in the arena).
 pub struct Global;
 
 // SAFETY: every pointer handed out comes either from the system allocator
@@ -160,7 +160,7 @@ pub struct Global;
 unsafe impl GlobalAlloc for Global {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let r = route();
-        // SAFETY: one use of talc for this call (talc).
+        // SAFETY: one use of talc for this call, as `talc` requires.
         if let Some(t) = unsafe { talc(r.heap) } {
             // SAFETY: GlobalAlloc callers never ask for zero bytes.
             if let Ok(p) = unsafe { t.malloc(layout) } {
@@ -176,7 +176,7 @@ unsafe impl GlobalAlloc for Global {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let r = route();
-        // SAFETY: one use of talc for this call (talc).
+        // SAFETY: one use of talc for this call, as `talc` requires.
         match unsafe { talc(r.heap) } {
             // SAFETY: ptr came from talc.malloc with this layout.
             Some(t) if r.owns(ptr) => unsafe { t.free(NonNull::new_unchecked(ptr), layout) },
@@ -200,7 +200,7 @@ unsafe impl GlobalAlloc for Global {
             return unsafe { System.realloc(ptr, layout, new_size) };
         }
         if in_arena {
-            // SAFETY: one use of talc for this call (talc).
+            // SAFETY: one use of talc for this call, as `talc` requires.
             if let Some(t) = unsafe { talc(r.heap) } {
                 let p = NonNull::new(ptr).expect("non-null");
                 if new_size <= layout.size() {

@@ -53,7 +53,7 @@ pub const BUSY_LINES: usize = 4;
 /// for the lines that come in the same burst.
 pub const BUSY_SETTLE: Duration = Duration::from_micros(600);
 /// How long a room is quiet (no wake-up) before the children are told to
-/// give back idle memory ([`Master::trim_if_quiet`]); the timer's tick
+/// give back idle memory (`Master::trim_if_quiet`); the timer's tick
 /// (1 s when idle) comes on top.
 pub const TRIM_AFTER: Duration = Duration::from_secs(1);
 /// How often a held-back wake-up re-checks the readers' cursors.
