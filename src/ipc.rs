@@ -163,22 +163,12 @@ mod tests {
         for m in [&b"Thello "[..], b"Nignored", b"Mlong ", b"Mtext, "] {
             assert!(send_raw(a.as_fd(), m).unwrap());
         }
-        assert_eq!(
-            recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(TEXT))
-        );
-        assert_eq!(
-            recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(NOTIFY))
-        );
-        assert_eq!(
-            recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(MORE))
-        );
-        assert_eq!(
-            recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(MORE))
-        );
+        for tag in [TEXT, NOTIFY, MORE, MORE] {
+            assert_eq!(
+                recv_append(b.as_fd(), &mut held, &mut q),
+                Ok(Recv::Msg(tag))
+            );
+        }
         // The pieces of a long text wait until its last piece: whatever
         // the child queues meanwhile comes before it, never inside it.
         assert_eq!(q, b"queued hello ");

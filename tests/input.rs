@@ -45,6 +45,17 @@ fn commands_work_and_unknown_ones_are_not_broadcast() {
     }
 }
 
+/// The nicks a `* 250 online: ...` line lists, sorted.
+fn listed(who: &str) -> Vec<String> {
+    let mut nicks: Vec<String> = who
+        .trim_start_matches("* 250 online:")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    nicks.sort_unstable();
+    nicks
+}
+
 /// A `/who` reply longer than one control message (4 KiB) arrives whole,
 /// as one line listing every nick.
 #[test]
@@ -64,12 +75,7 @@ fn who_with_hundreds_of_long_nicks_is_one_whole_line() {
     c.send("/who\n");
     let who = c.expect("250 online:");
     assert!(who.len() > 4096 + 1000, "{} bytes", who.len());
-    let mut listed: Vec<&str> = who
-        .trim_start_matches("* 250 online:")
-        .split_whitespace()
-        .collect();
-    listed.sort_unstable();
-    assert_eq!(listed, nicks.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(listed(&who), nicks);
     c.send("/who\n");
     assert!(c.expect("online:").starts_with("* 250 online: "));
     // While another client floods the room, every reply is still one whole
@@ -84,12 +90,7 @@ fn who_with_hundreds_of_long_nicks_is_one_whole_line() {
         let c = &mut clients[0];
         c.send("/who\n");
         let who = c.expect("250 online:");
-        let mut listed: Vec<&str> = who
-            .trim_start_matches("* 250 online:")
-            .split_whitespace()
-            .collect();
-        listed.sort_unstable();
-        assert_eq!(listed, nicks.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(listed(&who), nicks);
     }
 }
 

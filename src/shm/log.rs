@@ -146,9 +146,10 @@ impl LogReader {
         if head == self.cursor {
             // Nothing new, but a reader the master gave up on must still
             // learn it: eviction is final whatever the head says.
-            return match self.ctl.evicted.load(Relaxed) {
-                0 => Ok(0),
-                _ => Err(LogError::Evicted),
+            return if self.evicted() {
+                Err(LogError::Evicted)
+            } else {
+                Ok(0)
             };
         }
         if head < self.cursor || head - self.cursor > LOG_BYTES as u64 || head % 8 != 0 {
@@ -177,8 +178,7 @@ impl LogReader {
         }
         // Seqlock check: anything overwritten while we copied implies the
         // master set `evicted` before it.
-        fence(Acquire);
-        if self.ctl.evicted.load(Relaxed) != 0 {
+        if self.evicted() {
             return Err(LogError::Evicted);
         }
         self.cursor = pos;
@@ -187,12 +187,18 @@ impl LogReader {
     }
 
     fn why(&self, what: &'static str) -> LogError {
-        fence(Acquire);
-        if self.ctl.evicted.load(Relaxed) != 0 {
+        if self.evicted() {
             LogError::Evicted
         } else {
             LogError::Corrupt(what)
         }
+    }
+
+    /// Whether the master has given up on this reader. The fence orders it
+    /// after every load of the log before it (the seqlock's check).
+    fn evicted(&self) -> bool {
+        fence(Acquire);
+        self.ctl.evicted.load(Relaxed) != 0
     }
 }
 
