@@ -31,8 +31,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use talc::{OomHandler, Span, Talc};
+
+/// The page size chatd assumes everywhere (`crate::shm::PAGE`).
+const PAGE: usize = crate::shm::PAGE;
 
 /// Address space reserved for the master's arena (populated as used).
 pub const ARENA_BYTES: usize = 256 << 20;
@@ -339,23 +341,55 @@ pub fn child(at: *mut u8, sendq_max: usize) {
     let _ = use_arena(len, CHILD_FIRST, false, Some(at as usize));
 }
 
-/// Where the system heap (glibc's brk area, `[heap]`) starts: noted by the
-/// master before it confines itself, used by children to unmap it.
-static HEAP_START: AtomicUsize = AtomicUsize::new(0);
-
-/// The master, before it confines itself (procfs may be out of reach
-/// afterwards): notes where the system heap starts (`start_brk`, field 47
-/// of `/proc/self/stat`). Without it, children keep the heap mapped.
-pub fn note_system_heap() {
-    let start = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields 3 onwards follow the command name's closing paren.
-            let rest = s.get(s.rfind(')')? + 2..)?;
-            rest.split(' ').nth(47 - 3)?.parse::<usize>().ok()
-        })
-        .unwrap_or(0);
-    HEAP_START.store(start, Relaxed);
+/// In a child whose room has gone quiet (see `crate::child`, the trim):
+/// shrinks talc's heap to the pages its live blocks reach and gives the
+/// pages above back to the kernel (`MADV_DONTNEED`). The heap grows again
+/// on demand (its out-of-memory handler), in fresh zero pages. Without
+/// this, the free space at the top of the heap keeps two pages in use for
+/// good: talc's record at the start of that free span and its size at the
+/// end. Returns the bytes given back.
+pub fn give_back() -> usize {
+    let r = route();
+    // SAFETY: one use of talc for this call, as `talc` requires.
+    let Some(t) = (unsafe { talc(r.heap) }) else {
+        return 0;
+    };
+    let old = t.oom_handler.heap;
+    let Some((base, acme)) = old.get_base_acme() else {
+        return 0;
+    };
+    // SAFETY: `old` is the heap talc manages (the last value its claim,
+    // extend or truncate returned).
+    let used = unsafe { t.get_allocated_span(old) };
+    let keep = match used.get_base_acme() {
+        Some((_, top)) => (top as usize).next_multiple_of(PAGE),
+        None => base as usize,
+    };
+    if keep >= acme as usize {
+        return 0;
+    }
+    let want = Span::new(base, keep as *mut u8).fit_over(used);
+    // SAFETY: `want` lies within the current heap and covers every live
+    // block (`fit_over` the allocated span).
+    let new = unsafe { t.truncate(old, want) };
+    t.oom_handler.heap = new;
+    let from = new.get_base_acme().map_or(base, |(_, a)| a) as usize;
+    let from = from.next_multiple_of(PAGE);
+    let to = acme as usize / PAGE * PAGE;
+    if to <= from {
+        return 0;
+    }
+    // SAFETY: [from, to) is page-aligned, inside this process's arena
+    // mapping and above the heap talc now manages: nothing refers to it,
+    // and talc extends into it again only as fresh memory.
+    let _ = unsafe {
+        nix::sys::mman::madvise(
+            NonNull::new_unchecked(from as *mut libc::c_void),
+            to - from,
+            nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+        )
+    };
+    to - from
 }
 
 /// In a child, as the last step of its set-up: unmaps the system heap
@@ -373,7 +407,7 @@ pub fn note_system_heap() {
 /// which the child's code does not do (no stdio, no locale, no thread-local
 /// value with a destructor touched for the first time).
 pub fn drop_system_heap() -> Result<usize, nix::Error> {
-    let start = HEAP_START.load(Relaxed);
+    let start = crate::child::image::noted().map_or(0, |i| i.start_brk as usize);
     if start == 0 || route().heap.is_null() {
         return Ok(0);
     }

@@ -65,6 +65,8 @@ fn root_start_drops_to_the_service_user_in_the_empty_root() {
         let soft_hard: Vec<&str> = line[name.len()..].split_whitespace().take(2).collect();
         assert_eq!(soft_hard, [value, value], "{name}");
     }
+    // `ps` tells the children apart, and none keeps the master's stack.
+    assert_children_titled_on_own_stack(server.pid(), &[&a, &b]);
     // And chat works through all of it.
     b.send("confined hello\n");
     a.expect(&format!("<{b_nick}> confined hello"));
@@ -89,6 +91,7 @@ fn unprivileged_start_keeps_its_uid_and_drops_capabilities() {
         let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap();
         assert_eq!(root, std::path::Path::new("/"), "no chroot without root");
     }
+    assert_children_titled_on_own_stack(master, &[&a, &b]);
     b.send("still chatting\n");
     a.expect(&format!("<{b_nick}> still chatting"));
 }

@@ -14,7 +14,9 @@
 //! journal connection.
 
 pub mod flood;
+pub mod image;
 pub mod setup;
+pub mod stack;
 
 use crate::ipc;
 use crate::protocol::command::{self, Command};
@@ -22,7 +24,7 @@ use crate::protocol::lines::{Input, LineReader};
 use crate::protocol::{nick, sanitize, ERR, NOTICE};
 use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
-use crate::shm::{Region, PAGE};
+use crate::shm::Region;
 use flood::TokenBucket;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
 use std::io::{self, Read, Write};
@@ -57,9 +59,6 @@ const QUIT_RESERVE: u64 = 16 + MAX_REASON as u64;
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Minimum time between two flood-control notices.
 const FLOOD_NOTICE_EVERY: Duration = Duration::from_secs(10);
-/// A send queue with more capacity than this is freed, not only emptied,
-/// when its pages are given back.
-const BIG_SENDQ: usize = 64 * 1024;
 
 /// Why the child ends; becomes the reason in "* alice left (reason)".
 enum Exit {
@@ -424,24 +423,19 @@ impl Child {
         }
     }
 
-    /// Gives the whole pages inside the (empty) send queue's buffer back to
-    /// the kernel, when the master's trim says the room is quiet. The
-    /// buffer keeps its capacity; its pages come back as zeros when next
-    /// written. Without this, every child that once relayed a burst (a
-    /// crowd joining, say) would keep that burst's pages for good.
+    /// Gives the (empty) send queue's buffer back, and the heap pages no
+    /// live block needs, when the master's trim says the room is quiet.
+    /// The queue is allocated again when next used. Without this, every
+    /// child that once relayed a burst (a crowd joining, say) would keep
+    /// that burst's pages for good.
     fn release_idle_pages(&mut self) {
         self.sendq_dirty = false;
-        let start = (self.sendq.as_ptr() as usize).next_multiple_of(PAGE);
-        let end = (self.sendq.as_ptr() as usize + self.sendq.capacity()) / PAGE * PAGE;
-        if end > start {
-            // SAFETY: [start, end) is page-aligned and lies inside the send
-            // queue's live allocation, which is empty: nothing reads it.
-            unsafe { discard(start, end - start) };
+        self.sendq = Vec::new();
+        self.sent = 0;
+        if self.ctl_held.is_empty() {
+            self.ctl_held = Vec::new();
         }
-        if self.sendq.capacity() > BIG_SENDQ {
-            // Back to the allocator; only the edges it writes stay in use.
-            self.sendq = Vec::new();
-        }
+        crate::arena::give_back();
     }
 
     /// One `epoll_wait`: records what became readable or writable.
@@ -586,22 +580,4 @@ fn io_reason(e: &io::Error) -> &'static str {
         }
         _ => "connection error",
     }
-}
-
-/// Gives the pages of `[start, start + len)` back to the kernel: they read
-/// as zeros afterwards. A failure changes nothing.
-///
-/// # Safety
-/// The range must be page-aligned, non-empty, inside private anonymous
-/// memory whose content nobody needs (such as the unused inside of a live
-/// allocation: allocators keep no bookkeeping there).
-unsafe fn discard(start: usize, len: usize) {
-    // SAFETY: the caller's contract; MADV_DONTNEED only frees the pages.
-    let _ = unsafe {
-        nix::sys::mman::madvise(
-            std::ptr::NonNull::new_unchecked(start as *mut libc::c_void),
-            len,
-            nix::sys::mman::MmapAdvise::MADV_DONTNEED,
-        )
-    };
 }

@@ -3,8 +3,9 @@
 //! First, right after fork and before anything allocates, [`confine_memory`]:
 //! the master's arena is gone (`crate::arena::leave`); the shared region is
 //! cut down to what this child may see, read-only except its own slot (see
-//! [`crate::shm::Region::confine_to_slot`]); the child's own arena goes
-//! right after it.
+//! [`crate::shm::Region::confine_to_slot`]); the child's own stack (with
+//! a guard page; [`crate::child::stack`]) and its own arena go right after
+//! it, in the same page-table block.
 //!
 //! Then [`prepare`], one sequence, in order; any failure is fatal (the
 //! child writes one line naming the step to stderr and exits with status
@@ -26,17 +27,24 @@
 //! 5. rlimits: NPROC, FSIZE, CORE 0, NOFILE 6 (fds 0 to 5);
 //! 6. Landlock: no filesystem access (and no TCP bind/connect, no signals
 //!    or abstract sockets outside the child) where the kernel has it;
-//! 7. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
+//! 7. process title: `/proc/PID/cmdline` points to `chatd: client PEER`
+//!    in the child's arena, not to argv on the inherited stack
+//!    ([`crate::child::stack::prepare`]; if the kernel refuses, the child
+//!    keeps that stack and the master's command line: not fatal);
+//! 8. seccomp: the child allowlist ([`crate::sandbox::seccomp::child`]),
 //!    stacked on the master's inherited filter;
-//! 8. the inherited system heap is unmapped ([`crate::arena::drop_system_heap`]):
+//! 9. the inherited system heap is unmapped ([`crate::arena::drop_system_heap`]):
 //!    what the child needed from it (the master's `Region`, the seccomp
 //!    program) is done with, and pages the master writes there after the
-//!    fork would otherwise stay behind as private copies.
+//!    fork would otherwise stay behind as private copies;
+//! 10. (in `master::spawn`, [`crate::child::stack::enter`]) the child moves
+//!     to its own stack, unmaps the inherited one, and runs its loop there.
 //!
 //! When the master started as root, the child also inherits its chroot in
 //! the empty directory, its service uid and gid, and its empty capability
 //! sets and no_new_privs (see [`crate::master::confine`]).
 
+use super::stack::{self, OwnStack};
 use crate::sandbox::{landlock, rlimits, seccomp};
 use crate::shm::Region;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
@@ -94,12 +102,20 @@ pub struct Jail<'a> {
 }
 
 /// The first step after fork (after `crate::arena::leave`): the shared
-/// region confined to this child's view, its own arena right after it.
-/// Returns the child's view, the only one to use from here on.
-pub fn confine_memory(region: &Region, slot: usize, max_sendq: usize) -> &'static Region {
+/// region confined to this child's view; then the child's own stack
+/// (`crate::child::stack`, not entered yet) and its arena right after it.
+/// Returns the child's view, the only one to use from here on, and the
+/// stack, if it could be mapped.
+pub fn confine_memory(
+    region: &Region,
+    slot: usize,
+    max_sendq: usize,
+) -> (&'static Region, Option<OwnStack>) {
     let view = step("shared memory protection", region.confine_to_slot(slot));
-    crate::arena::child(view.end_of_child_view(), max_sendq);
-    Box::leak(Box::new(view))
+    let end = view.end_of_child_view();
+    let own = stack::map(end);
+    crate::arena::child(own.map_or(end, |s| s.top()), max_sendq);
+    (Box::leak(Box::new(view)), own)
 }
 
 /// The child's fds at their fixed numbers, once confined.
@@ -112,11 +128,21 @@ pub struct Prepared {
     pub epoll: Epoll,
     /// A line for the client from the fault hook (fault-injection builds).
     pub fault_note: Option<String>,
+    /// Whether and where to leave the inherited stack ([`stack::enter`]).
+    pub leave: Option<stack::Leave>,
 }
 
-/// Runs steps 1–8. `wake` is the master's wake-up eventfd as inherited by
-/// fork (the child owns its copy of every fd).
-pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Prepared {
+/// Runs steps 2–9. `wake` is the master's wake-up eventfd as inherited by
+/// fork (the child owns its copy of every fd); `own` is the stack
+/// [`confine_memory`] mapped, and `title` what `ps` is to show.
+pub fn prepare(
+    jail: Jail<'_>,
+    client: OwnedFd,
+    ctl: OwnedFd,
+    wake: RawFd,
+    own: Option<OwnStack>,
+    title: &str,
+) -> Prepared {
     step("signals", reset_signals());
     step(
         "parent-death signal",
@@ -136,6 +162,7 @@ pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Pr
     let fault_note = crate::sandbox::fault::before_seccomp();
     #[cfg(not(feature = "fault-injection"))]
     let fault_note = None;
+    let leave = stack::prepare(own, title);
     step(
         "seccomp",
         seccomp::apply(jail.filter, "seccomp (child filter)"),
@@ -147,10 +174,13 @@ pub fn prepare(jail: Jail<'_>, client: OwnedFd, ctl: OwnedFd, wake: RawFd) -> Pr
         wake,
         epoll,
         fault_note,
+        leave,
     }
 }
 
-fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> T {
+/// A set-up step's result: its value, or (fatal) one line naming the step
+/// on stderr and exit status 70.
+pub(super) fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => {

@@ -228,15 +228,21 @@ impl Master {
             ForkResult::Child => {
                 // Before anything allocates: the arena is not mapped here.
                 crate::arena::leave();
-                let region = child::setup::confine_memory(self.region, slot, spec.max_sendq);
+                let (region, own) = child::setup::confine_memory(self.region, slot, spec.max_sendq);
                 let jail = child::setup::Jail {
                     master: self.pid,
                     filter: &self.child_filter,
                 };
                 let wake = std::os::fd::AsRawFd::as_raw_fd(&self.wake);
-                let p = child::setup::prepare(jail, OwnedFd::from(stream), theirs, wake);
+                let title = format!("chatd: client {peer}");
+                let p =
+                    child::setup::prepare(jail, OwnedFd::from(stream), theirs, wake, own, &title);
                 let client = TcpStream::from(p.client);
-                child::run(region, spec, client, p.ctl, p.wake, p.epoll, p.fault_note)
+                let (ctl, wake, epoll, note) = (p.ctl, p.wake, p.epoll, p.fault_note);
+                // From here on, nothing of this stack is used.
+                child::stack::enter(p.leave, move || {
+                    child::run(region, spec, client, ctl, wake, epoll, note)
+                })
             }
             ForkResult::Parent { child: pid } => {
                 drop(theirs);
@@ -331,5 +337,81 @@ unsafe fn fork_bare() -> nix::Result<ForkResult> {
         pid => Ok(ForkResult::Parent {
             child: Pid::from_raw(pid as libc::pid_t),
         }),
+    }
+}
+
+/// Ends the kernel's restartable-sequences bookkeeping for the master
+/// (and so for every child it forks, which inherit the registration).
+///
+/// Why: glibc registers an `rseq` area in the thread descriptor of every
+/// thread, and the kernel writes the current CPU number into it whenever
+/// the thread resumes after being preempted or moved. For the master that
+/// is a write to a page every child shares after every fork, and children
+/// write it again themselves: one private page in every child, measured
+/// with the pagemap script (4 KiB of 70). chatd does not use rseq (glibc
+/// reads the area only in `sched_getcpu`, which chatd never calls; it then
+/// falls back to the system call).
+///
+/// Returns whether an area was unregistered: false if glibc registered
+/// none (an old kernel, `glibc.pthread.rseq=0`, or not glibc).
+pub(super) fn stop_rseq() -> nix::Result<bool> {
+    #[cfg(all(target_env = "gnu", target_arch = "x86_64"))]
+    {
+        /// glibc's signature for rseq on x86 (`RSEQ_SIG`).
+        const RSEQ_SIG: u32 = 0x5305_3053;
+        // SAFETY: dlsym with a NUL-terminated name only looks the symbol up.
+        let off = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) };
+        // SAFETY: as above.
+        let size = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) };
+        if off.is_null() || size.is_null() {
+            return Ok(false);
+        }
+        // SAFETY: glibc (2.35+) exports these as `const ptrdiff_t` and
+        // `const unsigned int`, set before main and never changed.
+        let (off, size) = unsafe { (*(off as *const isize), *(size as *const u32)) };
+        if size == 0 {
+            return Ok(false);
+        }
+        let tp: usize;
+        // SAFETY: reads the thread pointer, the first word of glibc's
+        // thread control block on x86_64 (it points to itself).
+        unsafe {
+            std::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+        };
+        let area = tp.wrapping_add_signed(off);
+        let mut last = nix::errno::Errno::EINVAL;
+        // glibc 2.35-2.39 registers 32 bytes whatever `__rseq_size` says;
+        // later versions register the size they export.
+        for len in [32, size as usize] {
+            // SAFETY: unregistering the area glibc registered for this
+            // thread; the kernel only checks the arguments and stops
+            // writing to it.
+            let r = unsafe { libc::syscall(libc::SYS_rseq, area, len as u32, 1u32, RSEQ_SIG) };
+            if r == 0 {
+                return Ok(true);
+            }
+            last = nix::errno::Errno::last();
+        }
+        Err(last)
+    }
+    #[cfg(not(all(target_env = "gnu", target_arch = "x86_64")))]
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rseq_is_unregistered_once() {
+        // On a thread of its own: glibc registers an area per thread.
+        std::thread::spawn(|| match super::stop_rseq() {
+            Ok(true) => {
+                let again = super::stop_rseq();
+                assert_eq!(again, Err(nix::errno::Errno::EINVAL), "unregistered twice");
+            }
+            Ok(false) => eprintln!("glibc registered no rseq area here; nothing to check"),
+            Err(e) => panic!("cannot unregister rseq: {e}"),
+        })
+        .join()
+        .unwrap();
     }
 }

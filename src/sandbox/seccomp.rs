@@ -87,6 +87,27 @@ fn mmap_rule() -> Rules {
     .unwrap()]
 }
 
+/// prctl in a new child's set-up: the parent-death signal, no_new_privs,
+/// and the process title (`PR_SET_MM_MAP`, which needs no capability only
+/// while it leaves `/proc/PID/exe` alone; the other `PR_SET_MM` operations
+/// need CAP_SYS_RESOURCE, which chatd never holds). See `crate::child::stack`.
+fn child_setup_prctl() -> Rules {
+    let mut rules = one_of(
+        0,
+        &[
+            libc::PR_SET_PDEATHSIG as u64,
+            libc::PR_SET_NO_NEW_PRIVS as u64,
+            libc::PR_GET_NO_NEW_PRIVS as u64,
+        ],
+    );
+    let set_mm_map = vec![
+        cond(0, SeccompCmpOp::Eq, libc::PR_SET_MM as u64),
+        cond(1, SeccompCmpOp::Eq, libc::PR_SET_MM_MAP as u64),
+    ];
+    rules.push(SeccompRule::new(set_mm_map).unwrap());
+    rules
+}
+
 const FUTEX_OPS: &[u64] = &[
     (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
     (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
@@ -263,18 +284,7 @@ pub fn master() -> Allowlist {
         .allow("exit_group", libc::SYS_exit_group)
         // A new child's set-up, before its own filter (child::setup).
         .allow("set_robust_list", libc::SYS_set_robust_list)
-        .allow_if(
-            "prctl",
-            libc::SYS_prctl,
-            one_of(
-                0,
-                &[
-                    libc::PR_SET_PDEATHSIG as u64,
-                    libc::PR_SET_NO_NEW_PRIVS as u64,
-                    libc::PR_GET_NO_NEW_PRIVS as u64,
-                ],
-            ),
-        )
+        .allow_if("prctl", libc::SYS_prctl, child_setup_prctl())
         .allow("dup3", libc::SYS_dup3)
         .allow("close_range", libc::SYS_close_range)
         .allow("epoll_create1", libc::SYS_epoll_create1)

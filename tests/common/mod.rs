@@ -487,3 +487,29 @@ impl Server {
         Server::spawn(cmd, dir, config_path)
     }
 }
+
+/// Asserts that the children of `master` are exactly one per client in
+/// `clients`, each titled `chatd: client 127.0.0.1:PORT` for its client's
+/// port (what `ps` shows), and each running on its own stack: the stack
+/// it was forked on (`[stack]` in /proc/PID/maps) is unmapped.
+pub fn assert_children_titled_on_own_stack(master: i32, clients: &[&Client]) {
+    let mut want: Vec<String> = clients
+        .iter()
+        .map(|c| format!("chatd: client {}\0", c.stream.local_addr().unwrap()))
+        .collect();
+    let mut got = Vec::new();
+    for child in children_of(master) {
+        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+        got.push(String::from_utf8_lossy(&cmdline).into_owned());
+        let maps = std::fs::read_to_string(format!("/proc/{child}/maps")).unwrap();
+        assert!(
+            !maps.contains("[stack]"),
+            "child {child} still maps the stack it was forked on:\n{maps}"
+        );
+        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), "chatd", "child {child} comm");
+    }
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "children's titles");
+}
