@@ -423,8 +423,9 @@ impl Child {
         }
     }
 
-    /// Gives the (empty) send queue's buffer back, and the heap pages no
-    /// live block needs, when the master's trim says the room is quiet.
+    /// Gives the (empty) send queue's buffer back, and the input buffer if
+    /// no partial line waits in it, and then the heap pages no live block
+    /// needs, when the master's trim says the room is quiet.
     /// The queue is allocated again when next used. Without this, every
     /// child that once relayed a burst (a crowd joining, say) would keep
     /// that burst's pages for good.
@@ -435,6 +436,7 @@ impl Child {
         if self.ctl_held.is_empty() {
             self.ctl_held = Vec::new();
         }
+        self.lines.release();
         crate::arena::give_back();
     }
 

@@ -18,7 +18,10 @@ pub enum Input<'a> {
 
 /// Frames a byte stream into lines of at most `max` bytes.
 pub struct LineReader {
+    /// Allocated when first read into; empty after [`LineReader::release`].
     buf: Box<[u8]>,
+    /// The buffer's length once allocated.
+    size: usize,
     start: usize,
     end: usize,
     max: usize,
@@ -29,7 +32,8 @@ impl LineReader {
     /// A reader for lines of at most `max` bytes, reading `chunk` bytes at a time.
     pub fn new(max: usize, chunk: usize) -> Self {
         LineReader {
-            buf: vec![0; max + 2 + chunk].into_boxed_slice(),
+            buf: Box::default(),
+            size: max + 2 + chunk,
             start: 0,
             end: 0,
             max,
@@ -40,6 +44,9 @@ impl LineReader {
     /// Free space to read into; compacts the buffer first. Empty only while
     /// unconsumed complete lines are pending.
     pub fn spare(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.size].into_boxed_slice();
+        }
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -51,6 +58,18 @@ impl LineReader {
     /// Marks `n` bytes of [`LineReader::spare`] as filled.
     pub fn filled(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Frees the buffer if it holds nothing (an idle client's child gives
+    /// its memory back); the next [`LineReader::spare`] allocates it again.
+    /// Keeps it, and returns false, while bytes are pending.
+    pub fn release(&mut self) -> bool {
+        if self.pending() > 0 {
+            return false;
+        }
+        self.buf = Box::default();
+        (self.start, self.end) = (0, 0);
+        true
     }
 
     /// Bytes received and not yet returned as lines.
@@ -134,6 +153,22 @@ mod tests {
             r.filled(n);
             rest = &rest[n..];
         }
+    }
+
+    #[test]
+    fn release_frees_only_an_empty_buffer() {
+        let mut r = LineReader::new(8, 16);
+        r.spare()[..3].copy_from_slice(b"ab\n");
+        r.filled(3);
+        assert_eq!(r.next_line(), Some(Input::Line(b"ab")));
+        assert!(r.release(), "nothing pending");
+        assert_eq!(r.spare().len(), 26, "allocated again");
+        r.spare()[..2].copy_from_slice(b"cd");
+        r.filled(2);
+        assert!(!r.release(), "a partial line is kept");
+        r.spare()[..1].copy_from_slice(b"\n");
+        r.filled(1);
+        assert_eq!(r.next_line(), Some(Input::Line(b"cd")));
     }
 
     #[test]
