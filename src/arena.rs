@@ -347,16 +347,16 @@ pub fn child(at: *mut u8, sendq_max: usize) {
 /// on demand (its out-of-memory handler), in fresh zero pages. Without
 /// this, the free space at the top of the heap keeps two pages in use for
 /// good: talc's record at the start of that free span and its size at the
-/// end. Returns the bytes given back.
-pub fn give_back() -> usize {
+/// end.
+pub fn give_back() {
     let r = route();
     // SAFETY: one use of talc for this call, as `talc` requires.
     let Some(t) = (unsafe { talc(r.heap) }) else {
-        return 0;
+        return;
     };
     let old = t.oom_handler.heap;
     let Some((base, acme)) = old.get_base_acme() else {
-        return 0;
+        return;
     };
     // SAFETY: `old` is the heap talc manages (the last value its claim,
     // extend or truncate returned).
@@ -366,7 +366,7 @@ pub fn give_back() -> usize {
         None => base as usize,
     };
     if keep >= acme as usize {
-        return 0;
+        return;
     }
     let want = Span::new(base, keep as *mut u8).fit_over(used);
     // SAFETY: `want` lies within the current heap and covers every live
@@ -377,7 +377,7 @@ pub fn give_back() -> usize {
     let from = from.next_multiple_of(PAGE);
     let to = acme as usize / PAGE * PAGE;
     if to <= from {
-        return 0;
+        return;
     }
     // SAFETY: [from, to) is page-aligned, inside this process's arena
     // mapping and above the heap talc now manages: nothing refers to it,
@@ -389,7 +389,6 @@ pub fn give_back() -> usize {
             nix::sys::mman::MmapAdvise::MADV_DONTNEED,
         )
     };
-    to - from
 }
 
 /// In a child, as the last step of its set-up: unmaps the system heap

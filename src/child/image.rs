@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 
 /// Addresses of the master's process image (`/proc/self/stat` and the
 /// `[stack]` line of `/proc/self/maps`). The stat fields are the ones
-/// `prctl(PR_SET_MM, PR_SET_MM_MAP)` takes back.
+/// `prctl(PR_SET_MM, PR_SET_MM_MAP)` must be given back unchanged (the
+/// child replaces the argv and environment ranges, so those are not read).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Image {
     pub start_code: u64,
@@ -23,10 +24,6 @@ pub struct Image {
     pub start_data: u64,
     pub end_data: u64,
     pub start_brk: u64,
-    pub arg_start: u64,
-    pub arg_end: u64,
-    pub env_start: u64,
-    pub env_end: u64,
     /// The stack mapping, `[stack_lo, stack_hi)`, as it was when noted.
     pub stack_lo: u64,
     pub stack_hi: u64,
@@ -66,10 +63,6 @@ fn parse(stat: &str, maps: &str) -> Option<Image> {
         start_data: field(45)?,
         end_data: field(46)?,
         start_brk: field(47)?,
-        arg_start: field(48)?,
-        arg_end: field(49)?,
-        env_start: field(50)?,
-        env_end: field(51)?,
         stack_lo: u64::from_str_radix(lo, 16).ok()?,
         stack_hi: u64::from_str_radix(hi, 16).ok()?,
     };
@@ -88,9 +81,8 @@ mod tests {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let i = parse(&stat, &maps).expect("parsed");
         assert!(i.start_code < i.end_code);
-        assert!(i.arg_start < i.arg_end && i.arg_end <= i.env_start);
-        // argv and the environment sit on the stack.
-        assert!(i.stack_lo <= i.arg_start && i.env_end <= i.stack_hi);
+        assert!(i.start_data <= i.end_data && i.start_brk >= i.end_data);
+        // argc and argv's pointers sit on the stack.
         assert!(i.stack_lo <= i.start_stack && i.start_stack < i.stack_hi);
     }
 
@@ -102,7 +94,7 @@ mod tests {
             stat.push_str(&format!(" {n}"));
         }
         let i = parse(&stat, maps).unwrap();
-        assert_eq!((i.start_code, i.env_end), (26, 51));
+        assert_eq!((i.start_code, i.start_stack, i.start_brk), (26, 28, 47));
         assert_eq!((i.stack_lo, i.stack_hi), (0x7ffc0000, 0x7ffd0000));
         assert!(parse(&stat, "").is_none(), "no stack line");
     }

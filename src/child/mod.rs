@@ -95,9 +95,6 @@ struct Child {
     /// The first pieces of a long control text (`ipc::MORE`), held until
     /// its last piece so that the text reaches the send queue whole.
     ctl_held: Vec<u8>,
-    /// The send queue's pages hold data written since they were last given
-    /// back (see [`Child::release_idle_pages`]).
-    sendq_dirty: bool,
     /// The master's trim epoch this child last acted on.
     trim_seen: u64,
     /// When the line being received began (see `Spec::line_timeout`).
@@ -132,7 +129,6 @@ pub fn run(
         sendq: Vec::new(),
         sent: 0,
         ctl_held: Vec::new(),
-        sendq_dirty: false,
         trim_seen: region.header().trim.load(Relaxed),
         partial_since: None,
         client_eof: false,
@@ -367,7 +363,6 @@ impl Child {
         if self.sent == self.sendq.len() || !self.writable {
             return Ok(());
         }
-        self.sendq_dirty = true;
         match self.client.write(&self.sendq[self.sent..]) {
             Ok(n) => self.sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
@@ -412,12 +407,16 @@ impl Child {
     }
 
     /// When the master says the room has gone quiet (the header's trim
-    /// epoch changed), gives back the send queue's pages if it is empty.
+    /// epoch changed), gives memory back if the send queue is empty and
+    /// something is allocated to give.
     fn check_trim(&mut self) {
         let epoch = self.region.header().trim.load(Relaxed);
         if epoch != self.trim_seen {
             self.trim_seen = epoch;
-            if self.sendq_dirty && self.sendq.is_empty() {
+            let holding = self.sendq.capacity() > 0
+                || self.ctl_held.capacity() > 0
+                || self.lines.is_allocated();
+            if holding && self.sendq.is_empty() {
                 self.release_idle_pages();
             }
         }
@@ -430,9 +429,7 @@ impl Child {
     /// child that once relayed a burst (a crowd joining, say) would keep
     /// that burst's pages for good.
     fn release_idle_pages(&mut self) {
-        self.sendq_dirty = false;
         self.sendq = Vec::new();
-        self.sent = 0;
         if self.ctl_held.is_empty() {
             self.ctl_held = Vec::new();
         }

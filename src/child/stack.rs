@@ -115,10 +115,7 @@ pub fn prepare(own: Option<OwnStack>, title: &str) -> Option<Leave> {
         return None;
     }
     let (own, img) = (own?, image::noted()?);
-    let mut t = Vec::with_capacity(title.len() + 1);
-    t.extend_from_slice(title.as_bytes());
-    t.push(0);
-    let t: &'static [u8] = t.leak();
+    let t: &'static str = format!("{title}\0").leak();
     let (arg_start, arg_end) = (t.as_ptr() as u64, t.as_ptr() as u64 + t.len() as u64);
     let map = MmMap {
         start_code: img.start_code,

@@ -72,6 +72,11 @@ impl LineReader {
         true
     }
 
+    /// Whether the buffer is allocated (read into since the last release).
+    pub fn is_allocated(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// Bytes received and not yet returned as lines.
     pub fn pending(&self) -> usize {
         self.end - self.start
@@ -162,7 +167,9 @@ mod tests {
         r.filled(3);
         assert_eq!(r.next_line(), Some(Input::Line(b"ab")));
         assert!(r.release(), "nothing pending");
+        assert!(!r.is_allocated(), "freed");
         assert_eq!(r.spare().len(), 26, "allocated again");
+        assert!(r.is_allocated());
         r.spare()[..2].copy_from_slice(b"cd");
         r.filled(2);
         assert!(!r.release(), "a partial line is kept");
