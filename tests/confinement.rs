@@ -185,6 +185,10 @@ fn release_binary_has_no_fault_hook() {
         "release binary contains the fault hook"
     );
     assert!(
+        !has(b"CHATD_FAULT_NO_SET_MM"),
+        "release binary contains the fault hook"
+    );
+    assert!(
         !has(b"fault injection"),
         "release binary contains the fault hook"
     );

@@ -135,18 +135,27 @@ pub fn prepare(own: Option<OwnStack>, title: &str) -> Option<Leave> {
         // Leave /proc/PID/exe alone (changing it needs a capability).
         exe_fd: u32::MAX,
     };
-    // SAFETY: PR_SET_MM_MAP reads `size_of::<MmMap>()` bytes at `&map`, a
-    // live value of the kernel's layout. It only changes what procfs
-    // reports (the kernel checks the ranges); the title it points to is
-    // leaked, so it lives as long as the process.
-    let r = unsafe {
-        libc::prctl(
-            libc::PR_SET_MM,
-            libc::PR_SET_MM_MAP as libc::c_ulong,
-            &map as *const MmMap as libc::c_ulong,
-            std::mem::size_of::<MmMap>() as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
+    // The fault hook (tests only) stands in for a kernel that refuses.
+    #[cfg(feature = "fault-injection")]
+    let refused = crate::sandbox::fault::refuse_set_mm();
+    #[cfg(not(feature = "fault-injection"))]
+    let refused = false;
+    let r = if refused {
+        -1
+    } else {
+        // SAFETY: PR_SET_MM_MAP reads `size_of::<MmMap>()` bytes at `&map`,
+        // a live value of the kernel's layout. It only changes what procfs
+        // reports (the kernel checks the ranges); the title it points to is
+        // leaked, so it lives as long as the process.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_MM,
+                libc::PR_SET_MM_MAP as libc::c_ulong,
+                &map as *const MmMap as libc::c_ulong,
+                std::mem::size_of::<MmMap>() as libc::c_ulong,
+                0 as libc::c_ulong,
+            )
+        }
     };
     if r != 0 {
         return None;

@@ -6,6 +6,10 @@
 //!   Landlock and before seccomp, tries to open PATH and greets its client
 //!   with the outcome (`! fault: open PATH: ...`). Proves Landlock holds on
 //!   its own.
+//! - `CHATD_FAULT_NO_SET_MM` in the master's environment: every child acts
+//!   as if the kernel refused `PR_SET_MM_MAP` (a kernel without
+//!   `CONFIG_CHECKPOINT_RESTORE`), so it keeps the stack and title it was
+//!   forked with. Proves that fallback works.
 //! - `/fault NAME` typed by a client makes its child do something the sandbox
 //!   forbids: `openat`, `socket`, `execve`, `ptrace`, `mprotect-other` (make
 //!   another client's slot writable), `mremap-grow` (grow the own slot's
@@ -31,6 +35,11 @@ pub fn before_seccomp() -> Option<String> {
         crate::protocol::ERR,
         path.to_string_lossy()
     ))
+}
+
+/// Whether the child must act as if `PR_SET_MM_MAP` were refused.
+pub fn refuse_set_mm() -> bool {
+    std::env::var_os("CHATD_FAULT_NO_SET_MM").is_some()
 }
 
 /// Performs the named fault. Returns only for an unknown name.
