@@ -12,10 +12,13 @@
 use crate::marker::{self, Found};
 use crate::server::Server;
 use anyhow::{Context, Result};
+use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
 use std::collections::{HashSet, VecDeque};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSliceMut, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +59,13 @@ pub struct Outcome {
     pub secs: f64,
     pub server_cpu: f64,
     pub bench_cpu: f64,
+    /// p50, p90, p99 and max of send to arrival at the receiving socket.
     pub lat_us: [f64; 4],
+    /// The same, up to the moment the bench read it (adds the bench's own
+    /// scheduling: it shares the CPUs with the server).
+    pub read_lat_us: [f64; 4],
+    /// Receptions the kernel gave no timestamp: their read time counts.
+    pub unstamped: u64,
     pub rejoins: u64,
     /// Churner visits whose connect timed out.
     pub failed_rejoins: u64,
@@ -121,7 +130,14 @@ struct Run<'a> {
     /// Messages of the steady senders that every steady client has.
     complete: u64,
     start: Instant,
+    /// `start` on the wall clock, in ns: kernel receive timestamps are
+    /// wall-clock times.
+    start_wall_ns: i128,
+    /// Send to arrival in the receiver's socket (the kernel's receive
+    /// timestamp, `SO_TIMESTAMPNS`), in µs.
     lat: Vec<u32>,
+    /// Send to the moment this thread read it, in µs.
+    read_lat: Vec<u32>,
     out: Outcome,
     last_rx: Instant,
     probe_seen: Vec<bool>,
@@ -135,6 +151,7 @@ impl<'a> Run<'a> {
     fn add(&mut self, stream: TcpStream, id: u32, stable: Option<usize>) -> Result<usize> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
+        socket::setsockopt(&stream, sockopt::ReceiveTimestampns, &true)?;
         // Indices are never reused: a churner's index stays its own.
         let idx = self.conns.len();
         self.conns.push(None);
@@ -193,51 +210,54 @@ impl<'a> Run<'a> {
     }
 
     fn read(&mut self, idx: usize, buf: &mut [u8]) {
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
         for _ in 0..4 {
             let Some(c) = self.conns[idx].as_mut() else {
                 return;
             };
-            let n = match c.stream.read(buf) {
-                Ok(0) => {
+            let got = recv_stamped(c.stream.as_raw_fd(), buf, &mut cmsg);
+            let (n, arrival) = match got {
+                Ok((0, _)) => {
                     self.out.closed += 1;
                     self.remove(idx);
                     return;
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Ok(got) => got,
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => continue,
                 Err(_) => {
                     self.out.closed += 1;
                     self.remove(idx);
                     return;
                 }
             };
-            self.consume(idx, &buf[..n]);
+            let arrival_us = arrival.map(|ns| ((ns - self.start_wall_ns).max(0) / 1000) as u64);
+            self.consume(idx, &buf[..n], arrival_us);
             if n < buf.len() {
                 return;
             }
         }
     }
 
-    fn consume(&mut self, idx: usize, data: &[u8]) {
+    fn consume(&mut self, idx: usize, data: &[u8], arrival_us: Option<u64>) {
         let mut c = self.conns[idx].take().unwrap();
         let mut rest = data;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
             let line = &rest[..nl];
             rest = &rest[nl + 1..];
             if c.partial.is_empty() {
-                self.line(&c, line);
+                self.line(&c, line, arrival_us);
             } else {
                 let mut whole = std::mem::take(&mut c.partial);
                 whole.extend_from_slice(line);
-                self.line(&c, &whole);
+                self.line(&c, &whole, arrival_us);
             }
         }
         c.partial.extend_from_slice(rest);
         self.conns[idx] = Some(c);
     }
 
-    fn line(&mut self, c: &Conn, raw: &[u8]) {
+    fn line(&mut self, c: &Conn, raw: &[u8], arrival_us: Option<u64>) {
         // The seed pads every message with NULs to 1024 bytes; drop them.
         let cleaned;
         let line = if raw.contains(&0) {
@@ -295,8 +315,12 @@ impl<'a> Run<'a> {
         self.seen[w] |= m;
         self.out.delivered += 1;
         let now = now_us(self.start);
-        self.lat
-            .push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+        let us = |at: u64| at.saturating_sub(t).min(u32::MAX as u64) as u32;
+        self.read_lat.push(us(now));
+        if arrival_us.is_none() {
+            self.out.unstamped += 1;
+        }
+        self.lat.push(us(arrival_us.unwrap_or(now).min(now)));
         let need = self.stable as u32 - 1;
         let snd = &mut self.senders[s];
         snd.count[seq as usize] += 1;
@@ -382,7 +406,9 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         churn_sent: 0,
         complete: 0,
         start: Instant::now(),
+        start_wall_ns: 0,
         lat: Vec::new(),
+        read_lat: Vec::new(),
         out: Outcome::default(),
         last_rx: Instant::now(),
         probe_seen: vec![false; stable],
@@ -441,6 +467,7 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
     let cpu0 = server.cpu_seconds();
     let bench0 = self_cpu();
     run.start = Instant::now();
+    run.start_wall_ns = wall_ns();
     run.last_rx = run.start;
     let max = Duration::from_secs_f64(spec.max_secs);
     let mut sending = true;
@@ -521,16 +548,50 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         .sum::<u64>()
         + run.churn_seen.len() as u64;
     run.out.lost = run.out.expected.saturating_sub(stable_got);
-    run.lat.sort_unstable();
+    run.out.lat_us = percentiles(&mut run.lat);
+    run.out.read_lat_us = percentiles(&mut run.read_lat);
+    if run.out.unstamped > 0 {
+        eprintln!(
+            "  note: {} receptions had no kernel timestamp; their read time counts",
+            run.out.unstamped
+        );
+    }
+    Ok(run.out)
+}
+
+/// p50, p90, p99 and max.
+fn percentiles(v: &mut [u32]) -> [f64; 4] {
+    v.sort_unstable();
     let pct = |p: f64| -> f64 {
-        if run.lat.is_empty() {
+        if v.is_empty() {
             return 0.0;
         }
-        let i = ((run.lat.len() - 1) as f64 * p).round() as usize;
-        run.lat[i] as f64
+        v[((v.len() - 1) as f64 * p).round() as usize] as f64
     };
-    run.out.lat_us = [pct(0.5), pct(0.9), pct(0.99), pct(1.0)];
-    Ok(run.out)
+    [pct(0.5), pct(0.9), pct(0.99), pct(1.0)]
+}
+
+/// Reads what `fd` holds into `buf`, with the kernel's receive timestamp
+/// (wall clock, ns; `SO_TIMESTAMPNS` must be on) of the last segment the
+/// read took: an upper bound on the arrival of every byte read.
+fn recv_stamped(fd: RawFd, buf: &mut [u8], cmsg: &mut [u8]) -> nix::Result<(usize, Option<i128>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let m = socket::recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::empty())?;
+    let arrival = m.cmsgs()?.find_map(|cm| match cm {
+        ControlMessageOwned::ScmTimestampns(ts) => {
+            Some(ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128)
+        }
+        _ => None,
+    });
+    Ok((m.bytes, arrival))
+}
+
+/// The wall clock in ns, the clock of `SO_TIMESTAMPNS`.
+fn wall_ns() -> i128 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_nanos() as i128
 }
 
 fn poll_once(run: &mut Run, events: &mut [EpollEvent], buf: &mut [u8], ms: u16) -> Result<()> {
@@ -562,4 +623,45 @@ pub fn self_cpu() -> f64 {
         t(r.user_time()) + t(r.system_time())
     })
     .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn arrival_is_stamped_between_send_and_read() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (rx, _) = l.accept().unwrap();
+        socket::setsockopt(&rx, sockopt::ReceiveTimestampns, &true).unwrap();
+        // The kernel turns receive timestamps on in a work item, so the
+        // first segments after the first SO_TIMESTAMPNS may come unstamped.
+        let mut buf = [0u8; 64];
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+        for _ in 0..10_000 {
+            let sent = wall_ns();
+            tx.write_all(b"hello\n").unwrap();
+            let (n, arrival) = recv_stamped(rx.as_raw_fd(), &mut buf, &mut cmsg).unwrap();
+            let read = wall_ns();
+            assert_eq!(&buf[..n], b"hello\n");
+            if let Some(arrival) = arrival {
+                assert!(
+                    sent <= arrival && arrival <= read,
+                    "{sent} {arrival} {read}"
+                );
+                return;
+            }
+            std::thread::yield_now();
+        }
+        panic!("no receive timestamp in 10000 tries");
+    }
+
+    #[test]
+    fn percentiles_pick_ranks() {
+        let mut v: Vec<u32> = (1..=100).rev().collect();
+        assert_eq!(percentiles(&mut v), [51.0, 90.0, 99.0, 100.0]);
+        assert_eq!(percentiles(&mut []), [0.0; 4]);
+    }
 }

@@ -8,6 +8,7 @@
 //! README.md, "Performance", shows how to read it.
 //!
 //! - `marker`: what a message carries, and how a receiver finds it;
+//! - `floor`: the minimal broadcast server every fan-out is also run on;
 //! - `fanout`: fan-out and churn (throughput, latency, loss, duplicates,
 //!   corruption, self-echo);
 //! - `storm`: connect storm, idle memory;
@@ -15,6 +16,7 @@
 //! - `server`: starting the servers, and what /proc says about them.
 
 mod fanout;
+mod floor;
 mod marker;
 mod server;
 mod soak;
@@ -42,6 +44,9 @@ struct Cli {
     /// Suite: leave the seed out.
     #[arg(long)]
     no_seed: bool,
+    /// Suite: leave the floor (a minimal one-process broadcast server) out.
+    #[arg(long)]
+    no_floor: bool,
     /// Suite: also connect 4000 clients at once to chatd and chat among 100 of them.
     #[arg(long)]
     crowd: bool,
@@ -59,7 +64,7 @@ struct Target {
     #[arg(long, global = true, default_value = "../shared/seed")]
     seed_dir: PathBuf,
     /// Subcommands: which server to start.
-    #[arg(long, global = true, default_value = "chatd", value_parser = ["chatd", "seed"])]
+    #[arg(long, global = true, default_value = "chatd", value_parser = ["chatd", "seed", "floor"])]
     server: String,
     /// Subcommands: use a server already listening here instead.
     #[arg(long, global = true)]
@@ -112,6 +117,12 @@ enum Cmd {
         #[arg(long, default_value_t = 30.0)]
         every: f64,
     },
+    /// Runs the floor server (how the suite starts it).
+    #[command(hide = true)]
+    Floor {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn chatd_path(t: &Target) -> Result<PathBuf> {
@@ -132,6 +143,7 @@ fn kind(t: &Target) -> Result<Kind> {
     }
     Ok(match t.server.as_str() {
         "seed" => Kind::Seed(server::build_seed(&t.seed_dir)?),
+        "floor" => Kind::Floor,
         _ => Kind::Chatd(chatd_path(t)?),
     })
 }
@@ -189,6 +201,7 @@ fn main() -> Result<()> {
             eprintln!("soak passed: nothing lost, master PSS and fds flat");
             Ok(())
         }
+        Some(Cmd::Floor { port }) => floor::serve(port),
         Some(Cmd::Memory { clients }) => {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, clients)?;
@@ -207,6 +220,8 @@ fn fanout_json(o: &Outcome) -> Value {
         "duplicates": o.duplicates, "corrupt": o.corrupt, "self_echo": o.self_echo,
         "p50_ms": o.lat_us[0] / 1e3, "p90_ms": o.lat_us[1] / 1e3,
         "p99_ms": o.lat_us[2] / 1e3, "max_ms": o.lat_us[3] / 1e3,
+        "read_p50_ms": o.read_lat_us[0] / 1e3, "read_p99_ms": o.read_lat_us[2] / 1e3,
+        "read_max_ms": o.read_lat_us[3] / 1e3, "unstamped": o.unstamped,
         "secs": o.secs, "server_cpu_s": o.server_cpu, "bench_cpu_s": o.bench_cpu,
         "rejoins": o.rejoins, "failed_rejoins": o.failed_rejoins, "closed_by_server": o.closed,
         "window_timeouts": o.window_timeouts,
@@ -279,6 +294,9 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     if !cli.no_seed {
         kinds.push(Kind::Seed(server::build_seed(&cli.target.seed_dir)?));
     }
+    if !cli.no_floor {
+        kinds.push(Kind::Floor);
+    }
     let mut results: Vec<Map<String, Value>> = vec![Map::new(); kinds.len()];
     for (name, spec) in scenarios(cli.max_secs) {
         for (i, k) in kinds.iter().enumerate() {
@@ -290,7 +308,11 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
             results[i].insert(name.into(), v);
         }
     }
+    // The floor is a yardstick for fan-out only.
     for (i, k) in kinds.iter().enumerate() {
+        if matches!(k, Kind::Floor) {
+            continue;
+        }
         eprintln!("storm 1000: {}", k.name());
         let s = Server::start(k, 1001)?;
         let v = storm_json(&storm::storm(&s, 1000)?);
@@ -375,6 +397,18 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
     ("open N=100 K=10 R=100/s", "p50 latency ms", "p50_ms", 3),
     ("open N=100 K=10 R=100/s", "p99 latency ms", "p99_ms", 3),
     ("open N=100 K=10 R=100/s", "max latency ms", "max_ms", 3),
+    (
+        "open N=100 K=10 R=100/s",
+        "p50 read by bench ms",
+        "read_p50_ms",
+        3,
+    ),
+    (
+        "open N=100 K=10 R=100/s",
+        "p99 read by bench ms",
+        "read_p99_ms",
+        3,
+    ),
     ("open N=100 K=10 R=100/s", "loss %", "loss_pct", 2),
     (
         "closed N=500 K=5 S=64 W=8",
@@ -415,13 +449,17 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
     ("crowd 4000 (100 chatting)", "loss %", "loss_pct", 2),
 ];
 
+/// Columns: chatd, the seed and chatd/seed (when the seed ran), then the
+/// floor (when it ran; fan-out rows only).
 fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
-    let mut header = format!("{:<28} {:<26}", "scenario", "figure");
-    for k in kinds {
-        header.push_str(&format!(" {:>12}", k.name()));
+    let col = |name: &str| kinds.iter().position(|k| k.name() == name);
+    let (seed, floor) = (col("seed"), col("floor"));
+    let mut header = format!("{:<28} {:<26} {:>12}", "scenario", "figure", "chatd");
+    if seed.is_some() {
+        header.push_str(&format!(" {:>12} {:>10}", "seed", "chatd/seed"));
     }
-    if kinds.len() == 2 {
-        header.push_str(&format!(" {:>10}", "chatd/seed"));
+    if floor.is_some() {
+        header.push_str(&format!(" {:>12}", "floor"));
     }
     println!("{header}");
     println!("{}", "-".repeat(header.len()));
@@ -442,20 +480,21 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
         }
         let name = if scenario == last { "" } else { scenario };
         last = scenario;
-        let mut row = format!("{name:<28} {label:<26}");
-        for v in &vals {
-            match v {
-                Some(v) => row.push_str(&format!(" {:>12.*}", dec, v)),
-                None => row.push_str(&format!(" {:>12}", "-")),
+        let cell = |v: Option<f64>| match v {
+            Some(v) => format!(" {:>12.*}", dec, v),
+            None => format!(" {:>12}", "-"),
+        };
+        let mut row = format!("{name:<28} {label:<26}{}", cell(vals[0]));
+        if let Some(i) = seed {
+            row.push_str(&cell(vals[i]));
+            match (vals[0], vals[i]) {
+                (Some(a), Some(b)) if b != 0.0 => row.push_str(&format!(" {:>10.2}", a / b)),
+                _ => row.push_str(&format!(" {:>10}", "-")),
             }
         }
-        if let [Some(a), Some(b)] = vals[..] {
-            if b != 0.0 {
-                row.push_str(&format!(" {:>10.2}", a / b));
-            } else {
-                row.push_str(&format!(" {:>10}", "-"));
-            }
+        if let Some(i) = floor {
+            row.push_str(&cell(vals[i]));
         }
-        println!("{row}");
+        println!("{}", row.trim_end());
     }
 }

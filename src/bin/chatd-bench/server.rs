@@ -1,6 +1,7 @@
-//! The servers under test: chatd (started with a benchmark config) and the
-//! seed (`chat_shm_quiet_2000`, built with `make` in its directory), each
-//! on a free loopback port, or any server already listening (`--addr`).
+//! The servers under test: chatd (started with a benchmark config), the
+//! seed (`chat_shm_quiet_2000`, built with `make` in its directory) and the
+//! floor (`floor.rs`), each on a free loopback port, or any server already
+//! listening (`--addr`).
 //! Also what /proc says about a server's process tree: CPU time, PSS and
 //! page tables of the master and every child.
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     Chatd(PathBuf),
     Seed(PathBuf),
+    Floor,
     External(SocketAddr, Option<i32>),
 }
 
@@ -24,6 +26,7 @@ impl Kind {
         match self {
             Kind::Chatd(_) => "chatd",
             Kind::Seed(_) => "seed",
+            Kind::Floor => "floor",
             Kind::External(..) => "server",
         }
     }
@@ -33,6 +36,8 @@ impl Kind {
 pub struct Server {
     pub addr: SocketAddr,
     pub pid: Option<i32>,
+    /// Whether it forks a process per client (chatd, the seed).
+    forks: bool,
     child: Option<Child>,
     dir: Option<PathBuf>,
 }
@@ -49,6 +54,7 @@ impl Server {
                 return Ok(Server {
                     addr: *addr,
                     pid: *pid,
+                    forks: true,
                     child: None,
                     dir: None,
                 })
@@ -81,6 +87,12 @@ impl Server {
                 c.args(["127.0.0.1", &port.to_string()]);
                 (c, Some((std::env::temp_dir(), port)))
             }
+            Kind::Floor => {
+                let port = free_port()?;
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args(["floor", "--port", &port.to_string()]);
+                (c, Some((std::env::temp_dir(), port)))
+            }
         };
         let (dir, port) = dir.unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -95,6 +107,7 @@ impl Server {
         let mut server = Server {
             addr,
             pid: Some(pid),
+            forks: !matches!(kind, Kind::Floor),
             child: Some(child),
             dir: own_dir,
         };
@@ -122,7 +135,7 @@ impl Server {
     /// event (the seed) may stay `lag` behind; a wait that times out adds
     /// one to the lag instead of waiting again for the same client.
     pub fn pace(&self, i: usize, lag: &mut usize) {
-        if self.pid.is_none() {
+        if self.pid.is_none() || !self.forks {
             return;
         }
         let want = (i + 1).saturating_sub(*lag);
