@@ -14,6 +14,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 const LISTENER: u64 = u64::MAX;
+const GREETING: &[u8] = b"floor: every line to every other client\n";
 
 struct Conn {
     stream: TcpStream,
@@ -27,7 +28,10 @@ struct Conn {
 
 /// Serves on 127.0.0.1:`port` until killed.
 pub fn serve(port: u16) -> Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port))?;
+    serve_on(TcpListener::bind(("127.0.0.1", port))?)
+}
+
+fn serve_on(listener: TcpListener) -> Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, LISTENER))?;
@@ -46,9 +50,11 @@ pub fn serve(port: u16) -> Result<()> {
         for ev in &events[..n] {
             let key = ev.data();
             if key == LISTENER {
-                while let Ok((stream, _)) = listener.accept() {
+                while let Ok((mut stream, _)) = listener.accept() {
                     stream.set_nonblocking(true)?;
                     stream.set_nodelay(true)?;
+                    // A greeting, so a client knows it is in the room.
+                    let _ = stream.write(GREETING);
                     // Never reused: a line read this wake-up keeps its origin.
                     let idx = conns.len();
                     conns.push(None);
@@ -148,5 +154,51 @@ fn flush(epoll: &Epoll, conns: &mut [Option<Conn>], idx: usize) {
             EpollFlags::EPOLLIN
         };
         let _ = epoll.modify(&c.stream, &mut EpollEvent::new(flags, idx as u64));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+
+    #[test]
+    fn every_line_goes_to_every_other_client_once() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // The server thread ends with the test process.
+        std::thread::spawn(move || serve_on(l));
+        let mut c: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let mut readers: Vec<_> = c
+            .iter()
+            .map(|s| {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                BufReader::new(s.try_clone().unwrap())
+            })
+            .collect();
+        let mut line = |i: usize| {
+            let mut l = String::new();
+            readers[i].read_line(&mut l).unwrap();
+            l
+        };
+        // Everyone is in once greeted.
+        for i in 0..3 {
+            assert_eq!(line(i).as_bytes(), GREETING);
+        }
+        // Lines in two pieces, from two senders.
+        c[0].write_all(b"one from ").unwrap();
+        c[0].write_all(b"0\ntwo from 0\n").unwrap();
+        c[1].write_all(b"from 1\n").unwrap();
+        let mut at2 = vec![line(2), line(2), line(2)];
+        at2.sort();
+        assert_eq!(at2, ["from 1\n", "one from 0\n", "two from 0\n"]);
+        assert_eq!([line(1), line(1)], ["one from 0\n", "two from 0\n"]);
+        assert_eq!(line(0), "from 1\n");
+        // Nothing more: no echo to the sender.
+        c[0].set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert!(readers[0].read(&mut buf).is_err(), "echo to the sender");
     }
 }
