@@ -8,6 +8,11 @@
 //! and self-echo are exact. Loss counts only at the clients present for the
 //! whole run (churners cannot be expected to see what was said while they
 //! were away); self-echo and corruption are checked at every client.
+//!
+//! Latency runs from the sender's `write` to the line's arrival in the
+//! receiver's socket, the kernel's receive timestamp (`SO_TIMESTAMPNS`),
+//! not to the moment this thread gets round to reading it: it shares the
+//! CPUs with the server. The read time is reported too.
 
 use crate::marker::{self, Found};
 use crate::server::Server;
@@ -130,9 +135,6 @@ struct Run<'a> {
     /// Messages of the steady senders that every steady client has.
     complete: u64,
     start: Instant,
-    /// `start` on the wall clock, in ns: kernel receive timestamps are
-    /// wall-clock times.
-    start_wall_ns: i128,
     /// Send to arrival in the receiver's socket (the kernel's receive
     /// timestamp, `SO_TIMESTAMPNS`), in µs.
     lat: Vec<u32>,
@@ -231,7 +233,13 @@ impl<'a> Run<'a> {
                     return;
                 }
             };
-            let arrival_us = arrival.map(|ns| ((ns - self.start_wall_ns).max(0) / 1000) as u64);
+            // The stamp is wall-clock time; place it on this run's monotonic
+            // clock by the two clocks' offset now, so that no slewing or
+            // step of the wall clock since the start counts.
+            let arrival_us = arrival.map(|ns| {
+                let now_mono = self.start.elapsed().as_nanos() as i128;
+                ((now_mono - (wall_ns() - ns)).max(0) / 1000) as u64
+            });
             self.consume(idx, &buf[..n], arrival_us);
             if n < buf.len() {
                 return;
@@ -406,7 +414,6 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         churn_sent: 0,
         complete: 0,
         start: Instant::now(),
-        start_wall_ns: 0,
         lat: Vec::new(),
         read_lat: Vec::new(),
         out: Outcome::default(),
@@ -467,7 +474,6 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
     let cpu0 = server.cpu_seconds();
     let bench0 = self_cpu();
     run.start = Instant::now();
-    run.start_wall_ns = wall_ns();
     run.last_rx = run.start;
     let max = Duration::from_secs_f64(spec.max_secs);
     let mut sending = true;
