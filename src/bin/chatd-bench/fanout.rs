@@ -189,18 +189,7 @@ impl<'a> Run<'a> {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
-        while !c.out.is_empty() {
-            match c.stream.write(&c.out) {
-                Ok(n) => {
-                    c.out.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    c.out.clear();
-                    break;
-                }
-            }
-        }
+        write_queued(&mut c.stream, &mut c.out);
         let flags = if c.out.is_empty() {
             EpollFlags::EPOLLIN
         } else {
@@ -563,6 +552,23 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         );
     }
     Ok(run.out)
+}
+
+/// Writes what `stream` takes of `out` now; on an error drops it all (the
+/// connection is gone).
+pub fn write_queued(stream: &mut TcpStream, out: &mut Vec<u8>) {
+    while !out.is_empty() {
+        match stream.write(out) {
+            Ok(n) => {
+                out.drain(..n);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(_) => {
+                out.clear();
+                break;
+            }
+        }
+    }
 }
 
 /// p50, p90, p99 and max.

@@ -8,6 +8,7 @@
 //! chatd-bench runs it as a child process of its own (`chatd-bench floor
 //! --port P`, hidden), so that its CPU is measured like the others'.
 
+use crate::fanout::write_queued;
 use anyhow::Result;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use std::io::{ErrorKind, Read, Write};
@@ -133,18 +134,7 @@ fn flush(epoll: &Epoll, conns: &mut [Option<Conn>], idx: usize) {
     let Some(c) = conns[idx].as_mut() else {
         return;
     };
-    while !c.out.is_empty() {
-        match c.stream.write(&c.out) {
-            Ok(n) => {
-                c.out.drain(..n);
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(_) => {
-                c.out.clear();
-                break;
-            }
-        }
-    }
+    write_queued(&mut c.stream, &mut c.out);
     let watch = !c.out.is_empty();
     if watch != c.watching {
         c.watching = watch;
