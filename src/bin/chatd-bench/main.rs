@@ -13,6 +13,7 @@
 //!   corruption, self-echo);
 //! - `storm`: connect storm, idle memory;
 //! - `soak`: a long run of mixed load with churn, and its curve;
+//! - `stalls`: how often the machine takes a CPU away (printed by the suite);
 //! - `server`: starting the servers, and what /proc says about them.
 
 mod fanout;
@@ -20,6 +21,7 @@ mod floor;
 mod marker;
 mod server;
 mod soak;
+mod stalls;
 mod storm;
 
 use anyhow::{bail, Result};
@@ -117,6 +119,11 @@ enum Cmd {
         #[arg(long, default_value_t = 30.0)]
         every: f64,
     },
+    /// How often this machine takes a CPU away: one spinning thread per CPU.
+    Stalls {
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+    },
     /// Runs the floor server (how the suite starts it).
     #[command(hide = true)]
     Floor {
@@ -202,6 +209,12 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(Cmd::Floor { port }) => floor::serve(port),
+        Some(Cmd::Stalls { secs }) => {
+            let s = stalls::measure(secs);
+            println!("{}", s.summary());
+            println!("{}", stalls_json(&s));
+            Ok(())
+        }
         Some(Cmd::Memory { clients }) => {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, clients)?;
@@ -225,6 +238,13 @@ fn fanout_json(o: &Outcome) -> Value {
         "secs": o.secs, "server_cpu_s": o.server_cpu, "bench_cpu_s": o.bench_cpu,
         "rejoins": o.rejoins, "failed_rejoins": o.failed_rejoins, "closed_by_server": o.closed,
         "window_timeouts": o.window_timeouts,
+    })
+}
+
+fn stalls_json(s: &stalls::Stalls) -> Value {
+    json!({
+        "cpus": s.cpus, "secs": s.secs, "lost_pct": (s.lost_pct * 100.0).round() / 100.0,
+        "gaps_over_1ms": s.over_1ms, "gaps_over_5ms": s.over_5ms, "longest_ms": s.longest_ms,
     })
 }
 
@@ -298,6 +318,9 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         kinds.push(Kind::Floor);
     }
     let mut results: Vec<Map<String, Value>> = vec![Map::new(); kinds.len()];
+    eprintln!("machine noise");
+    let noise = stalls::measure(3.0);
+    eprintln!("  {}", noise.summary());
     for (name, spec) in scenarios(cli.max_secs) {
         for (i, k) in kinds.iter().enumerate() {
             eprintln!("{name}: {}", k.name());
@@ -349,8 +372,10 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         results[0].insert("crowd 4000 (100 chatting)".into(), v);
     }
     print_table(&kinds, &results);
+    println!("before the runs, {}", noise.summary());
     let mut all = Map::new();
     all.insert("machine".into(), json!(machine(nofile)));
+    all.insert("stalls".into(), stalls_json(&noise));
     for (i, k) in kinds.iter().enumerate() {
         all.insert(k.name().into(), Value::Object(results[i].clone()));
     }
