@@ -171,14 +171,48 @@ fn unsafe_empty_dirs_are_refused() {
     }
 }
 
-#[test]
-fn release_binary_has_no_fault_hook() {
-    // tests/all.sh builds the release binary before the tests.
+/// The release binary (tests/all.sh builds it before the tests): its path
+/// and bytes.
+fn release_binary() -> (String, Vec<u8>) {
     let bin = std::env::var("CHATD_RELEASE_BIN")
         .unwrap_or_else(|_| format!("{}/target/release/chatd", env!("CARGO_MANIFEST_DIR")));
     let bytes = std::fs::read(&bin).unwrap_or_else(|e| {
         panic!("{bin}: {e}; build it first with `cargo build --release` (tests/all.sh does)")
     });
+    (bin, bytes)
+}
+
+#[test]
+fn release_binary_maps_within_2_mib() {
+    // Each 2 MiB block of the address space a child touches costs it a
+    // page-table page. Under 2 MiB, the binary lands across two blocks at
+    // most, wherever address-space randomisation puts it (ARCHITECTURE.md,
+    // "Memory"): fat LTO and one codegen unit keep it there.
+    let (bin, b) = release_binary();
+    let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap()) as usize;
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    assert_eq!(&b[..5], b"\x7fELF\x02", "{bin}: not a 64-bit ELF file");
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    let (mut lo, mut hi) = (u64::MAX, 0);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if u32_at(ph) == 1 {
+            // PT_LOAD: p_vaddr at +0x10, p_memsz at +0x28.
+            lo = lo.min(u64_at(ph + 0x10));
+            hi = hi.max(u64_at(ph + 0x10) + u64_at(ph + 0x28));
+        }
+    }
+    let span = hi.saturating_sub(lo & !0xfff);
+    assert!(
+        span <= 2 << 20,
+        "{bin} maps {span} bytes, more than 2 MiB: children pay a page-table page more in some layouts"
+    );
+}
+
+#[test]
+fn release_binary_has_no_fault_hook() {
+    let (bin, bytes) = release_binary();
     let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
     assert!(
         !has(b"CHATD_FAULT_OPEN"),
