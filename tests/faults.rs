@@ -153,13 +153,8 @@ fn a_kernel_refusing_set_mm_leaves_children_on_their_forked_stack() {
     // The fault hook makes every child act as if PR_SET_MM_MAP were refused
     // (a kernel without CONFIG_CHECKPOINT_RESTORE): the child must keep the
     // stack it was forked on, and with it the master's title, and chat.
-    let dir = TempDir::new();
-    let config_path = dir.0.join("chatd.toml");
-    std::fs::write(&config_path, render(&base_config())).unwrap();
-    let mut cmd = std::process::Command::new(BIN);
-    cmd.arg("--config")
-        .arg(&config_path)
-        .env("CHATD_FAULT_NO_SET_MM", "1");
+    let (mut cmd, dir, config_path) = Server::command(&render(&base_config()));
+    cmd.env("CHATD_FAULT_NO_SET_MM", "1");
     let server = Server::spawn(cmd, dir, config_path);
     let (mut a, _) = server.join();
     let (mut b, b_nick) = server.join();
@@ -169,22 +164,16 @@ fn a_kernel_refusing_set_mm_leaves_children_on_their_forked_stack() {
     b.send("from b on the old stack\n");
     a.expect("from b on the old stack");
 
-    let master = std::fs::read(format!("/proc/{}/cmdline", server.pid())).unwrap();
+    let master = proc_image(server.pid()).cmdline;
     let children = server.children();
     assert_eq!(children.len(), 2, "{children:?}");
     for child in children {
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+        let image = proc_image(child);
         assert_eq!(
-            String::from_utf8_lossy(&cmdline),
-            String::from_utf8_lossy(&master),
+            image.cmdline, master,
             "child {child} keeps the master's title"
         );
-        let maps = std::fs::read_to_string(format!("/proc/{child}/maps")).unwrap();
-        assert!(
-            maps.contains("[stack]"),
-            "child {child} lost the stack it runs on:\n{maps}"
-        );
-        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap();
-        assert_eq!(comm.trim_end(), "chatd", "child {child} comm");
+        assert!(image.has_stack, "child {child} lost the stack it runs on");
+        assert_eq!(image.comm, "chatd", "child {child} comm");
     }
 }

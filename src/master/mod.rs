@@ -153,11 +153,8 @@ impl Master {
         let notifier = Notifier::from_env();
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
         crate::child::image::note();
-        match spawn::stop_rseq() {
-            Ok(_) => {}
-            Err(e) => {
-                warn!(event = "rseq", error = %e, "cannot unregister rseq: {e}; each child keeps a page more")
-            }
+        if let Err(e) = spawn::stop_rseq() {
+            warn!(event = "rseq", error = %e, "cannot unregister rseq: {e}; each child keeps a page more");
         }
         let confined = plan.apply().context("confinement")?;
         crate::child::setup::install_panic_hook();

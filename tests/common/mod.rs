@@ -93,12 +93,21 @@ impl Server {
 
     /// Starts chatd with this config file text and extra arguments.
     pub fn start_text(config: &str, args: &[&str]) -> Server {
+        let (mut cmd, dir, config_path) = Server::command(config);
+        cmd.args(args);
+        Server::spawn(cmd, dir, config_path)
+    }
+
+    /// The command [`Server::start_text`] runs, with its config file in a
+    /// fresh temp dir, for a test to add to (environment, arguments)
+    /// before [`Server::spawn`].
+    pub fn command(config: &str) -> (Command, TempDir, PathBuf) {
         let dir = TempDir::new();
         let config_path = dir.0.join("chatd.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("--config").arg(&config_path).args(args);
-        Server::spawn(cmd, dir, config_path)
+        cmd.arg("--config").arg(&config_path);
+        (cmd, dir, config_path)
     }
 
     /// Spawns a prepared command whose stderr carries chatd's log.
@@ -488,6 +497,24 @@ impl Server {
     }
 }
 
+/// What /proc says of a process: its command line (what `ps` shows),
+/// whether it maps the stack it was forked on (`[stack]`), its command name.
+pub struct ProcImage {
+    pub cmdline: String,
+    pub has_stack: bool,
+    pub comm: String,
+}
+
+pub fn proc_image(pid: i32) -> ProcImage {
+    let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap();
+    let text = |f: &str| String::from_utf8_lossy(&read(f)).into_owned();
+    ProcImage {
+        cmdline: text("cmdline"),
+        has_stack: text("maps").contains("[stack]"),
+        comm: text("comm").trim_end().to_string(),
+    }
+}
+
 /// Asserts that the children of `master` are exactly one per client in
 /// `clients`, each titled `chatd: client 127.0.0.1:PORT` for its client's
 /// port (what `ps` shows), and each running on its own stack: the stack
@@ -499,15 +526,13 @@ pub fn assert_children_titled_on_own_stack(master: i32, clients: &[&Client]) {
         .collect();
     let mut got = Vec::new();
     for child in children_of(master) {
-        let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
-        got.push(String::from_utf8_lossy(&cmdline).into_owned());
-        let maps = std::fs::read_to_string(format!("/proc/{child}/maps")).unwrap();
+        let image = proc_image(child);
         assert!(
-            !maps.contains("[stack]"),
-            "child {child} still maps the stack it was forked on:\n{maps}"
+            !image.has_stack,
+            "child {child} still maps the stack it was forked on"
         );
-        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap();
-        assert_eq!(comm.trim_end(), "chatd", "child {child} comm");
+        assert_eq!(image.comm, "chatd", "child {child} comm");
+        got.push(image.cmdline);
     }
     want.sort();
     got.sort();
