@@ -572,7 +572,7 @@ pub fn write_queued(stream: &mut TcpStream, out: &mut Vec<u8>) {
 }
 
 /// p50, p90, p99 and max.
-fn percentiles(v: &mut [u32]) -> [f64; 4] {
+pub(crate) fn percentiles(v: &mut [u32]) -> [f64; 4] {
     v.sort_unstable();
     let pct = |p: f64| -> f64 {
         if v.is_empty() {

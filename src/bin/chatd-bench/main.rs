@@ -14,6 +14,8 @@
 //! - `storm`: connect storm, idle memory;
 //! - `soak`: a long run of mixed load with churn, and its curve;
 //! - `stalls`: how often the machine takes a CPU away (printed by the suite);
+//! - `wakes`: what waking N sleeping processes costs this machine, the
+//!   floor of any fork-per-client round (printed by the suite);
 //! - `server`: starting the servers, and what /proc says about them.
 
 mod fanout;
@@ -23,6 +25,7 @@ mod server;
 mod soak;
 mod stalls;
 mod storm;
+mod wakes;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -124,6 +127,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
     },
+    /// What waking N sleeping processes and running each once costs this
+    /// machine: a lower bound for a fork-per-client server's latency.
+    Wakes {
+        #[arg(short = 'n', long, default_value_t = 100)]
+        sleepers: usize,
+        #[arg(long, default_value_t = 3000)]
+        rounds: usize,
+        /// Rounds per second.
+        #[arg(short = 'r', long, default_value_t = 1000.0)]
+        rate: f64,
+    },
     /// Runs the floor server (how the suite starts it).
     #[command(hide = true)]
     Floor {
@@ -215,6 +229,16 @@ fn main() -> Result<()> {
             println!("{}", stalls_json(&s));
             Ok(())
         }
+        Some(Cmd::Wakes {
+            sleepers,
+            rounds,
+            rate,
+        }) => {
+            let w = wakes::measure(sleepers, rounds, rate)?;
+            println!("{}", w.summary());
+            println!("{}", wakes_json(&w));
+            Ok(())
+        }
         Some(Cmd::Memory { clients }) => {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, clients)?;
@@ -245,6 +269,17 @@ fn stalls_json(s: &stalls::Stalls) -> Value {
     json!({
         "cpus": s.cpus, "secs": s.secs, "lost_pct": (s.lost_pct * 100.0).round() / 100.0,
         "gaps_over_1ms": s.over_1ms, "gaps_over_5ms": s.over_5ms, "longest_ms": s.longest_ms,
+    })
+}
+
+fn wakes_json(w: &wakes::Wakes) -> Value {
+    let [p50, p90, p99, max] = w.wake_ms();
+    let [r50, _, r99, rmax] = w.round_ms();
+    json!({
+        "sleepers": w.sleepers, "rate": w.rate, "rounds": w.rounds_us.len(),
+        "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "max_ms": max,
+        "round_p50_ms": r50, "round_p99_ms": r99, "round_max_ms": rmax,
+        "cpu_per_wake_us": (w.cpu_per_wake_us * 100.0).round() / 100.0,
     })
 }
 
@@ -321,6 +356,9 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     eprintln!("machine noise");
     let noise = stalls::measure(3.0);
     eprintln!("  {}", noise.summary());
+    eprintln!("wake-up floor");
+    let wake_floor = wakes::measure(100, 3000, 1000.0)?;
+    eprintln!("  {}", wake_floor.summary());
     for (name, spec) in scenarios(cli.max_secs) {
         for (i, k) in kinds.iter().enumerate() {
             eprintln!("{name}: {}", k.name());
@@ -373,9 +411,11 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     }
     print_table(&kinds, &results);
     println!("before the runs, {}", noise.summary());
+    println!("and {}", wake_floor.summary());
     let mut all = Map::new();
     all.insert("machine".into(), json!(machine(nofile)));
     all.insert("stalls".into(), stalls_json(&noise));
+    all.insert("wakes".into(), wakes_json(&wake_floor));
     for (i, k) in kinds.iter().enumerate() {
         all.insert(k.name().into(), Value::Object(results[i].clone()));
     }
