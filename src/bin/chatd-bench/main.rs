@@ -4,7 +4,8 @@
 //! for every scenario, runs the same scenarios against both in one
 //! invocation and prints a table with same-run ratios and one JSON line.
 //! The subcommands run one scenario against one server, started here or
-//! already listening (`--addr`, with `--pid` for CPU and memory figures).
+//! already listening (`--addr`, with `--pid` for CPU and memory figures);
+//! the suite runs each scenario as a subcommand in a process of its own.
 //! README.md, "Performance", shows how to read it.
 //!
 //! - `marker`: what a message carries, and how a receiver finds it;
@@ -27,7 +28,7 @@ mod stalls;
 mod storm;
 mod wakes;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fanout::{Mode, Outcome, Spec};
 use serde_json::{json, Map, Value};
@@ -362,9 +363,7 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     for (name, spec) in scenarios(cli.max_secs) {
         for (i, k) in kinds.iter().enumerate() {
             eprintln!("{name}: {}", k.name());
-            let s = Server::start(k, spec.clients)?;
-            let o = fanout::run(&s, &spec)?;
-            let v = fanout_json(&o);
+            let v = in_own_process(k, &cli.target, &fanout_args(&spec))?;
             eprintln!("  {v}");
             results[i].insert(name.into(), v);
         }
@@ -375,14 +374,11 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
             continue;
         }
         eprintln!("storm 1000: {}", k.name());
-        let s = Server::start(k, 1001)?;
-        let v = storm_json(&storm::storm(&s, 1000)?);
+        let v = in_own_process(k, &cli.target, &["storm", "-n", "1000"].map(String::from))?;
         eprintln!("  {v}");
         results[i].insert("storm 1000".into(), v);
-        drop(s);
         eprintln!("memory N=1000: {}", k.name());
-        let s = Server::start(k, 1000)?;
-        let v = memory_json(&s, 1000)?;
+        let v = in_own_process(k, &cli.target, &["memory", "-n", "1000"].map(String::from))?;
         eprintln!("  {v}");
         results[i].insert("memory N=1000".into(), v);
     }
@@ -423,22 +419,76 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     Ok(())
 }
 
-/// The wake-up floor (`chatd-bench wakes`), measured in a process of its
-/// own: waking 100 tasks 3000 times leaves the waking process in a state
-/// that cost chatd 10-40% of its deliveries per CPU-second in the
-/// closed-loop scenario run next from the same process (six pairs,
-/// 2026-11-22); run as a process of its own it left no trace (five pairs
-/// from the shell, three whole suites with and without it).
-/// Returns its summary line and its JSON.
-fn wake_floor() -> Result<(String, Value)> {
+/// Runs `chatd-bench ARGS` in a process of its own and returns what it
+/// printed. The suite runs every measurement so, each from a fresh
+/// process, as the subcommands run alone: a process's history shows in
+/// what it measures next. Waking 100 tasks 3000 times (the wake-up floor)
+/// left the suite's process in a state that cost chatd 10-40% of its
+/// deliveries per CPU-second in the closed-loop scenario run next from it
+/// (six pairs, 2026-11-22); run as a process of its own it left no trace
+/// (five pairs from the shell, three whole suites with and without it).
+fn own_process(args: &[String]) -> Result<String> {
     let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["wakes", "-n", "100", "--rounds", "3000", "-r", "1000"])
+        .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()?;
     if !out.status.success() {
-        bail!("chatd-bench wakes: {}", out.status);
+        bail!("chatd-bench {}: {}", args.join(" "), out.status);
     }
-    let text = String::from_utf8(out.stdout)?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// One scenario (`chatd-bench fanout|storm|memory ...`) against a fresh
+/// server of kind `k`, in a process of its own; its JSON line.
+fn in_own_process(k: &Kind, t: &Target, scenario: &[String]) -> Result<Value> {
+    let mut args = scenario.to_vec();
+    let server = match k {
+        Kind::Chatd(p) => vec!["chatd".into(), "--chatd".into(), p.display().to_string()],
+        Kind::Seed(_) => vec![
+            "seed".into(),
+            "--seed-dir".into(),
+            t.seed_dir.display().to_string(),
+        ],
+        Kind::Floor => vec!["floor".into()],
+        Kind::External(..) => bail!("the suite starts its own servers"),
+    };
+    args.push("--server".into());
+    args.extend(server);
+    let text = own_process(&args)?;
+    let last = text.lines().rev().find(|l| !l.trim().is_empty());
+    last.and_then(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("chatd-bench {} printed {text:?}", args.join(" ")))
+}
+
+/// The `chatd-bench fanout` arguments that run `spec`.
+fn fanout_args(spec: &Spec) -> Vec<String> {
+    let mode = match spec.mode {
+        Mode::Closed { window } => ["-w".to_string(), window.to_string()],
+        Mode::Open { rate } => ["-r".to_string(), rate.to_string()],
+    };
+    let mut a: Vec<String> = ["fanout", "-n", &spec.clients.to_string()]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for (flag, v) in [
+        ("-k", spec.senders.to_string()),
+        ("-m", spec.messages.to_string()),
+        ("-s", spec.size.to_string()),
+        ("-c", spec.churners.to_string()),
+        ("--max-secs", spec.max_secs.to_string()),
+    ] {
+        a.push(flag.into());
+        a.push(v);
+    }
+    a.extend(mode);
+    a
+}
+
+/// The wake-up floor (`chatd-bench wakes`, in a process of its own): its
+/// summary line and its JSON.
+fn wake_floor() -> Result<(String, Value)> {
+    let args = ["wakes", "-n", "100", "--rounds", "3000", "-r", "1000"].map(String::from);
+    let text = own_process(&args)?;
     let mut lines = text.lines();
     let (Some(summary), Some(json)) = (lines.next(), lines.next()) else {
         bail!("chatd-bench wakes printed {text:?}");
@@ -584,5 +634,45 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
             row.push_str(&cell(vals[i]));
         }
         println!("{}", row.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The suite runs each scenario as a subcommand: the subcommand must
+    /// get exactly the scenario the suite means.
+    #[test]
+    fn every_scenario_survives_the_trip_through_the_command_line() {
+        for (name, spec) in scenarios(4.0) {
+            let mut argv = vec!["chatd-bench".to_string()];
+            argv.extend(fanout_args(&spec));
+            let cli = Cli::try_parse_from(&argv).unwrap();
+            let Some(Cmd::Fanout {
+                clients,
+                senders,
+                messages,
+                size,
+                window,
+                rate,
+                churn,
+                max_secs,
+            }) = cli.cmd
+            else {
+                panic!("{name}: {argv:?} is not a fanout");
+            };
+            let mode = rate.map_or(Mode::Closed { window }, |rate| Mode::Open { rate });
+            let back = Spec {
+                clients,
+                senders,
+                messages,
+                size,
+                mode,
+                churners: churn,
+                max_secs,
+            };
+            assert_eq!(format!("{back:?}"), format!("{spec:?}"), "{name}");
+        }
     }
 }
