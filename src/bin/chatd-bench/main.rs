@@ -175,27 +175,10 @@ fn main() -> Result<()> {
     let nofile = server::raise_nofile();
     match cli.cmd {
         None => suite(&cli, nofile),
-        Some(Cmd::Fanout {
-            clients,
-            senders,
-            messages,
-            size,
-            window,
-            rate,
-            churn,
-            max_secs,
-        }) => {
-            let spec = Spec {
-                clients,
-                senders,
-                messages,
-                size: size.max(marker::MIN_SIZE),
-                mode: rate.map_or(Mode::Closed { window }, |rate| Mode::Open { rate }),
-                churners: churn,
-                max_secs,
-            };
+        Some(ref cmd @ Cmd::Fanout { .. }) => {
+            let spec = fanout_spec(cmd).expect("a fanout");
             let k = kind(&cli.target)?;
-            let s = Server::start(&k, clients)?;
+            let s = Server::start(&k, spec.clients)?;
             let o = fanout::run(&s, &spec)?;
             println!("{}", fanout_json(&o));
             Ok(())
@@ -460,6 +443,32 @@ fn in_own_process(k: &Kind, t: &Target, scenario: &[String]) -> Result<Value> {
         .with_context(|| format!("chatd-bench {} printed {text:?}", args.join(" ")))
 }
 
+/// The scenario a `fanout` subcommand asks for.
+fn fanout_spec(cmd: &Cmd) -> Option<Spec> {
+    let Cmd::Fanout {
+        clients,
+        senders,
+        messages,
+        size,
+        window,
+        rate,
+        churn,
+        max_secs,
+    } = *cmd
+    else {
+        return None;
+    };
+    Some(Spec {
+        clients,
+        senders,
+        messages,
+        size: size.max(marker::MIN_SIZE),
+        mode: rate.map_or(Mode::Closed { window }, |rate| Mode::Open { rate }),
+        churners: churn,
+        max_secs,
+    })
+}
+
 /// The `chatd-bench fanout` arguments that run `spec`.
 fn fanout_args(spec: &Spec) -> Vec<String> {
     let mode = match spec.mode {
@@ -649,30 +658,8 @@ mod tests {
             let mut argv = vec!["chatd-bench".to_string()];
             argv.extend(fanout_args(&spec));
             let cli = Cli::try_parse_from(&argv).unwrap();
-            let Some(Cmd::Fanout {
-                clients,
-                senders,
-                messages,
-                size,
-                window,
-                rate,
-                churn,
-                max_secs,
-            }) = cli.cmd
-            else {
-                panic!("{name}: {argv:?} is not a fanout");
-            };
-            let mode = rate.map_or(Mode::Closed { window }, |rate| Mode::Open { rate });
-            let back = Spec {
-                clients,
-                senders,
-                messages,
-                size,
-                mode,
-                churners: churn,
-                max_secs,
-            };
-            assert_eq!(format!("{back:?}"), format!("{spec:?}"), "{name}");
+            let back = cli.cmd.as_ref().and_then(fanout_spec);
+            assert_eq!(format!("{back:?}"), format!("{:?}", Some(spec)), "{name}");
         }
     }
 }
