@@ -338,10 +338,11 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     }
     let mut results: Vec<Map<String, Value>> = vec![Map::new(); kinds.len()];
     eprintln!("machine noise");
-    let noise = stalls::measure(3.0);
-    eprintln!("  {}", noise.summary());
+    let (noise_summary, noise_json) = summary_and_json(&["stalls", "--secs", "3"])?;
+    eprintln!("  {noise_summary}");
     eprintln!("wake-up floor");
-    let (wake_summary, wake_json) = wake_floor()?;
+    let (wake_summary, wake_json) =
+        summary_and_json(&["wakes", "-n", "100", "--rounds", "3000", "-r", "1000"])?;
     eprintln!("  {wake_summary}");
     for (name, spec) in scenarios(cli.max_secs) {
         for (i, k) in kinds.iter().enumerate() {
@@ -389,11 +390,11 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         results[0].insert("crowd 4000 (100 chatting)".into(), v);
     }
     print_table(&kinds, &results);
-    println!("before the runs, {}", noise.summary());
+    println!("before the runs, {noise_summary}");
     println!("and {wake_summary}");
     let mut all = Map::new();
     all.insert("machine".into(), json!(machine(nofile)));
-    all.insert("stalls".into(), stalls_json(&noise));
+    all.insert("stalls".into(), noise_json);
     all.insert("wakes".into(), wake_json);
     for (i, k) in kinds.iter().enumerate() {
         all.insert(k.name().into(), Value::Object(results[i].clone()));
@@ -493,14 +494,14 @@ fn fanout_args(spec: &Spec) -> Vec<String> {
     a
 }
 
-/// The wake-up floor (`chatd-bench wakes`, in a process of its own): its
-/// summary line and its JSON.
-fn wake_floor() -> Result<(String, Value)> {
-    let args = ["wakes", "-n", "100", "--rounds", "3000", "-r", "1000"].map(String::from);
+/// A machine measurement (`chatd-bench stalls|wakes ...`, in a process of
+/// its own): its summary line and its JSON.
+fn summary_and_json(args: &[&str]) -> Result<(String, Value)> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let text = own_process(&args)?;
     let mut lines = text.lines();
     let (Some(summary), Some(json)) = (lines.next(), lines.next()) else {
-        bail!("chatd-bench wakes printed {text:?}");
+        bail!("chatd-bench {} printed {text:?}", args.join(" "));
     };
     Ok((summary.to_string(), serde_json::from_str(json)?))
 }

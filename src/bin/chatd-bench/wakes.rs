@@ -45,8 +45,6 @@ struct Board {
     woken: AtomicU64,
     /// When the last sleeper of the latest round ran (CLOCK_MONOTONIC, ns).
     last_ns: AtomicU64,
-    /// How many sleepers there are.
-    sleepers: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -92,24 +90,23 @@ fn measure_with(
         // another thread of the parent could have held at fork, and it ends
         // with `_exit`.
         match unsafe { fork() }.context("wakes: fork")? {
-            ForkResult::Child => sleep_loop(&wake, &done, board.get(), &board.stamps()[i]),
+            ForkResult::Child => {
+                sleep_loop(&wake, &done, board.get(), &board.stamps()[i], n as u64)
+            }
             ForkResult::Parent { child } => sleepers.0.push(child),
         }
     }
     let b = board.get();
-    let start = Instant::now();
-    while b.ready.load(Acquire) < n as u64 {
-        if start.elapsed() > limit {
-            bail!(
-                "wakes: only {} of {n} sleepers started",
-                b.ready.load(Acquire)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    // The last sleeper to count itself ready says so on `done`, just
+    // before its first epoll_wait; an edge written before it gets there
+    // still reaches it (edge-triggered on an eventfd that is never read),
+    // so the first round is sound.
+    if !wait_done(&done, limit)? {
+        bail!(
+            "wakes: only {} of {n} sleepers started",
+            b.ready.load(Acquire)
+        );
     }
-    // A sleeper counts itself ready just before its first epoll_wait; an
-    // edge written before it gets there still reaches it (edge-triggered
-    // on an eventfd that is never read), so the first round is sound.
     let period = Duration::from_secs_f64(1.0 / rate);
     let mut rounds_us = Vec::with_capacity(rounds);
     let mut wakes_us = Vec::with_capacity(rounds * n);
@@ -122,16 +119,10 @@ fn measure_with(
         before_round(r, &sleepers.0);
         let sent = now_ns();
         wake.write(1).context("wakes: eventfd write")?;
-        let ready = poll(
-            &mut [PollFd::new(done.as_fd(), PollFlags::POLLIN)],
-            PollTimeout::try_from(limit).unwrap(),
-        )
-        .context("wakes: poll")?;
-        if ready == 0 {
+        if !wait_done(&done, limit)? {
             let woke = b.woken.load(Acquire) - (r * n) as u64;
             bail!("wakes: round {r}: only {woke} of {n} sleepers ran within {limit:?}");
         }
-        done.read().context("wakes: eventfd read")?;
         let us = |t: u64| (t.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32;
         rounds_us.push(us(b.last_ns.load(Acquire)));
         wakes_us.extend(board.stamps().iter().map(|t| us(t.load(Acquire))));
@@ -147,11 +138,26 @@ fn measure_with(
     })
 }
 
-/// A sleeper: counts itself ready, then sleeps in `epoll_wait` on `wake`
-/// (edge-triggered, never read, as chatd's children do) and, each time it
-/// is woken, writes the time to `stamp` and counts the wake-up; the last of
-/// a round also stamps the round and tells the parent. Never returns.
-fn sleep_loop(wake: &EventFd, done: &EventFd, b: &Board, stamp: &AtomicU64) -> ! {
+/// Whether `done` was written within `limit` (and takes the write).
+fn wait_done(done: &EventFd, limit: Duration) -> Result<bool> {
+    let ready = poll(
+        &mut [PollFd::new(done.as_fd(), PollFlags::POLLIN)],
+        PollTimeout::try_from(limit).unwrap(),
+    )
+    .context("wakes: poll")?;
+    if ready == 0 {
+        return Ok(false);
+    }
+    done.read().context("wakes: eventfd read")?;
+    Ok(true)
+}
+
+/// One of `n` sleepers: counts itself ready (the last one tells the parent
+/// on `done`), then sleeps in `epoll_wait` on `wake` (edge-triggered, never
+/// read, as chatd's children do) and, each time it is woken, writes the
+/// time to `stamp` and counts the wake-up; the last of a round also stamps
+/// the round and tells the parent. Never returns.
+fn sleep_loop(wake: &EventFd, done: &EventFd, b: &Board, stamp: &AtomicU64, n: u64) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let Ok(ep) = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) else {
         exit(1)
@@ -160,7 +166,9 @@ fn sleep_loop(wake: &EventFd, done: &EventFd, b: &Board, stamp: &AtomicU64) -> !
     if ep.add(wake.as_fd(), ev).is_err() {
         exit(1);
     }
-    b.ready.fetch_add(1, Release);
+    if b.ready.fetch_add(1, AcqRel) + 1 == n && done.write(1).is_err() {
+        exit(1);
+    }
     let mut events = [EpollEvent::empty()];
     loop {
         match ep.wait(&mut events, EpollTimeout::NONE) {
@@ -170,7 +178,7 @@ fn sleep_loop(wake: &EventFd, done: &EventFd, b: &Board, stamp: &AtomicU64) -> !
         }
         let now = now_ns();
         stamp.store(now, Release);
-        if (b.woken.fetch_add(1, AcqRel) + 1) % b.sleepers.load(Acquire) == 0 {
+        if (b.woken.fetch_add(1, AcqRel) + 1) % n == 0 {
             b.last_ns.store(now, Release);
             if done.write(1).is_err() {
                 exit(1);
@@ -237,13 +245,11 @@ impl SharedBoard {
             )
         }
         .context("wakes: mmap")?;
-        let board = SharedBoard {
+        Ok(SharedBoard {
             board: p.cast(),
             n,
             len,
-        };
-        board.get().sleepers.store(n as u64, Release);
-        Ok(board)
+        })
     }
 
     fn get(&self) -> &Board {
