@@ -132,7 +132,8 @@ fn a_stopped_child_delays_only_its_own_client() {
 /// `line_timeout = 2` the trickler gets `! line timeout` and is closed
 /// (a disconnect event with reason "line timeout") while two others chat
 /// without loss; a slow typist whose every line takes less than the limit
-/// stays, even when its lines add up to more.
+/// stays, even when its lines add up to more and one line's end comes in
+/// the same read as the next one's start.
 #[test]
 fn slowloris_is_cut_off_by_the_line_timeout() {
     let srv = Server::start(&[("line_timeout", "2.0")]);
@@ -154,14 +155,23 @@ fn slowloris_is_cut_off_by_the_line_timeout() {
     });
     let mut typed = typist.stream.try_clone().unwrap();
     let typing = std::thread::spawn(move || {
-        // Two lines of 1.5 s each: 3 s in all, each under the limit.
-        for word in ["slow", "typist"] {
-            for byte in word.bytes() {
-                typed.write_all(&[byte]).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(1500 / word.len() as u64));
-            }
-            typed.write_all(b"\n").unwrap();
+        // Two lines of 1.2 s each: 2.4 s in all, each under the limit. The
+        // first line's newline goes out with the second line's first byte,
+        // in one write: the server must restart the clock mid-read.
+        let pause = |word: &str| std::time::Duration::from_millis(1200 / word.len() as u64);
+        typed.write_all(b"s").unwrap();
+        for byte in "low".bytes() {
+            std::thread::sleep(pause("slow"));
+            typed.write_all(&[byte]).unwrap();
         }
+        std::thread::sleep(pause("slow"));
+        typed.write_all(b"\nt").unwrap();
+        for byte in "ypist".bytes() {
+            std::thread::sleep(pause("typist"));
+            typed.write_all(&[byte]).unwrap();
+        }
+        std::thread::sleep(pause("typist"));
+        typed.write_all(b"\n").unwrap();
     });
     // Chat paced at 50 lines/s, so that the two non-reading clients stay
     // far below max_sendq.

@@ -275,7 +275,13 @@ impl Child {
                 }
                 return None;
             }
-            let exit = match self.lines.next_line() {
+            let input = self.lines.next_line();
+            if input.is_some() {
+                // A line ended: the next one's clock starts when the loop
+                // next finds it partial, even if it came in the same read.
+                self.partial_since = None;
+            }
+            let exit = match input {
                 None => {
                     self.flood.give_back();
                     return None;
