@@ -29,6 +29,16 @@ mod storm;
 mod wakes;
 
 use anyhow::{bail, Context, Result};
+use std::io::Write;
+
+/// `println!` that returns an error instead of panicking when stdout is
+/// gone (`chatd-bench | head -1`), so that the servers are still stopped
+/// by their `Drop` on the way out.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")
+    };
+}
 use clap::{Args, Parser, Subcommand};
 use fanout::{Mode, Outcome, Spec};
 use serde_json::{json, Map, Value};
@@ -180,14 +190,14 @@ fn main() -> Result<()> {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, spec.clients)?;
             let o = fanout::run(&s, &spec)?;
-            println!("{}", fanout_json(&o));
+            out!("{}", fanout_json(&o))?;
             Ok(())
         }
         Some(Cmd::Storm { clients }) => {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, clients + 1)?;
             let o = storm::storm(&s, clients)?;
-            println!("{}", storm_json(&o));
+            out!("{}", storm_json(&o))?;
             Ok(())
         }
         Some(Cmd::Soak { secs, every }) => {
@@ -195,8 +205,8 @@ fn main() -> Result<()> {
             let mut s = Server::start(&k, 100)?;
             let r = soak::run(&mut s, secs, every)?;
             drop(s); // stops the server before a failing exit
-            print!("{}", soak::table(&r));
-            println!("{}", soak::json(&r));
+            write!(std::io::stdout().lock(), "{}", soak::table(&r)).context("writing to stdout")?;
+            out!("{}", soak::json(&r))?;
             if !r.failures.is_empty() {
                 for f in &r.failures {
                     eprintln!("soak FAILED: {f}");
@@ -209,8 +219,8 @@ fn main() -> Result<()> {
         Some(Cmd::Floor { port }) => floor::serve(port),
         Some(Cmd::Stalls { secs }) => {
             let s = stalls::measure(secs);
-            println!("{}", s.summary());
-            println!("{}", stalls_json(&s));
+            out!("{}", s.summary())?;
+            out!("{}", stalls_json(&s))?;
             Ok(())
         }
         Some(Cmd::Wakes {
@@ -219,14 +229,14 @@ fn main() -> Result<()> {
             rate,
         }) => {
             let w = wakes::measure(sleepers, rounds, rate)?;
-            println!("{}", w.summary());
-            println!("{}", wakes_json(&w));
+            out!("{}", w.summary())?;
+            out!("{}", wakes_json(&w))?;
             Ok(())
         }
         Some(Cmd::Memory { clients }) => {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, clients)?;
-            println!("{}", memory_json(&s, clients)?);
+            out!("{}", memory_json(&s, clients)?)?;
             Ok(())
         }
     }
@@ -389,9 +399,9 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         v["tree_mib"] = json!((pss + pte) / (1 << 20));
         results[0].insert("crowd 4000 (100 chatting)".into(), v);
     }
-    print_table(&kinds, &results);
-    println!("before the runs, {noise_summary}");
-    println!("and {wake_summary}");
+    print_table(&kinds, &results)?;
+    out!("before the runs, {noise_summary}")?;
+    out!("and {wake_summary}")?;
     let mut all = Map::new();
     all.insert("machine".into(), json!(machine(nofile)));
     all.insert("stalls".into(), noise_json);
@@ -399,7 +409,7 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     for (i, k) in kinds.iter().enumerate() {
         all.insert(k.name().into(), Value::Object(results[i].clone()));
     }
-    println!("{}", Value::Object(all));
+    out!("{}", Value::Object(all))?;
     Ok(())
 }
 
@@ -599,7 +609,7 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
 
 /// Columns: chatd, the seed and chatd/seed (when the seed ran), then the
 /// floor (when it ran; fan-out rows only).
-fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
+fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) -> Result<()> {
     let col = |name: &str| kinds.iter().position(|k| k.name() == name);
     let (seed, floor) = (col("seed"), col("floor"));
     let mut header = format!("{:<28} {:<26} {:>12}", "scenario", "figure", "chatd");
@@ -609,8 +619,8 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
     if floor.is_some() {
         header.push_str(&format!(" {:>12}", "floor"));
     }
-    println!("{header}");
-    println!("{}", "-".repeat(header.len()));
+    out!("{header}")?;
+    out!("{}", "-".repeat(header.len()))?;
     let mut last = "";
     for &(scenario, label, key, dec) in ROWS {
         let vals: Vec<Option<f64>> = results
@@ -643,8 +653,9 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) {
         if let Some(i) = floor {
             row.push_str(&cell(vals[i]));
         }
-        println!("{}", row.trim_end());
+        out!("{}", row.trim_end())?;
     }
+    Ok(())
 }
 
 #[cfg(test)]
