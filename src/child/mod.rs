@@ -97,8 +97,9 @@ struct Child {
     ctl_held: Vec<u8>,
     /// The master's trim epoch this child last acted on.
     trim_seen: u64,
-    /// When the line being received began (see `Spec::line_timeout`).
-    partial_since: Option<Instant>,
+    /// When the line being received began (see `Spec::line_timeout`), and
+    /// which line that was ([`LineReader::ended`] then).
+    partial_since: Option<(u64, Instant)>,
     spec: Spec,
     client_eof: bool,
     readable: bool,
@@ -241,14 +242,23 @@ impl Child {
             self.partial_since = None;
             return None;
         }
+        // A line that ended since the clock started, even in the same read
+        // as this one's first byte, gives this one a clock of its own.
+        let line = self.lines.ended();
         let now = Instant::now();
-        let since = *self.partial_since.get_or_insert(now);
+        let since = match self.partial_since {
+            Some((l, since)) if l == line => since,
+            _ => {
+                self.partial_since = Some((line, now));
+                now
+            }
+        };
         (now - since >= limit).then_some(Exit::LineTimeout)
     }
 
     /// How long the child may sleep before the line timeout expires.
     fn line_deadline(&self) -> Option<Duration> {
-        let since = self.partial_since?;
+        let (_, since) = self.partial_since?;
         let limit = self.spec.line_timeout?;
         Some((since + limit).saturating_duration_since(Instant::now()))
     }
@@ -275,13 +285,7 @@ impl Child {
                 }
                 return None;
             }
-            let input = self.lines.next_line();
-            if input.is_some() {
-                // A line ended: the next one's clock starts when the loop
-                // next finds it partial, even if it came in the same read.
-                self.partial_since = None;
-            }
-            let exit = match input {
+            let exit = match self.lines.next_line() {
                 None => {
                     self.flood.give_back();
                     return None;

@@ -26,6 +26,8 @@ pub struct LineReader {
     end: usize,
     max: usize,
     discarding: bool,
+    /// Newlines consumed so far, discarded lines' included.
+    ended: u64,
 }
 
 impl LineReader {
@@ -38,6 +40,7 @@ impl LineReader {
             end: 0,
             max,
             discarding: false,
+            ended: 0,
         }
     }
 
@@ -90,6 +93,13 @@ impl LineReader {
         (self.discarding || !data.is_empty()) && !data.contains(&b'\n')
     }
 
+    /// How many lines have ended (their newline consumed by
+    /// [`LineReader::next_line`]), over-long ones included: a partial line
+    /// seen at two different counts is two different lines.
+    pub fn ended(&self) -> u64 {
+        self.ended
+    }
+
     /// Whether [`LineReader::next_line`] would return something now.
     pub fn has_line(&self) -> bool {
         let data = &self.buf[self.start..self.end];
@@ -104,6 +114,7 @@ impl LineReader {
                 Some(i) => {
                     let line_start = self.start;
                     self.start += i + 1;
+                    self.ended += 1;
                     if self.discarding {
                         self.discarding = false;
                         continue;
@@ -203,6 +214,21 @@ mod tests {
         let mut r = LineReader::new(4, 3);
         let out = feed(&mut r, b"abcdefghijklmnop\nok\n");
         assert_eq!(out, vec![Err(()), Ok(b"ok".to_vec())]);
+    }
+
+    #[test]
+    fn ended_counts_every_newline_consumed_discarded_ones_too() {
+        let mut r = LineReader::new(4, 64);
+        assert_eq!(feed(&mut r, b"abcdefgh"), vec![Err(())]);
+        assert!(r.in_partial_line(), "the rest of the long line");
+        assert_eq!(r.ended(), 0);
+        // The long line's end and a new line's start in one read: the new
+        // partial line is seen at another count.
+        assert_eq!(feed(&mut r, b"ij\nok\nne"), vec![Ok(b"ok".to_vec())]);
+        assert_eq!(r.ended(), 2);
+        assert!(r.in_partial_line());
+        assert_eq!(feed(&mut r, b"w"), vec![]);
+        assert_eq!(r.ended(), 2, "the same partial line");
     }
 
     #[test]
