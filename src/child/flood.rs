@@ -49,12 +49,19 @@ impl TokenBucket {
         self.tokens = (self.tokens + 1.0).min(self.burst);
     }
 
-    /// Time until the next token.
+    /// Time from now until the next token, counting what has refilled
+    /// since the last [`TokenBucket::take`]. Reads the clock only when the
+    /// bucket held less than a token then.
     pub fn wait(&self) -> Duration {
         if self.rate == 0.0 || self.tokens >= 1.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        let dt = Instant::now().saturating_duration_since(self.last);
+        let have = self.tokens + dt.as_secs_f64() * self.rate;
+        if have >= 1.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - have) / self.rate)
     }
 }
 
@@ -72,6 +79,22 @@ mod tests {
         assert!(b.wait() > Duration::from_millis(400));
         assert!(b.take(t0 + Duration::from_millis(501)));
         assert!(!b.take(t0 + Duration::from_millis(502)));
+    }
+
+    #[test]
+    fn wait_counts_the_time_since_the_last_take() {
+        let mut b = TokenBucket::new(1, 2.0);
+        let t0 = Instant::now() - Duration::from_millis(600);
+        b.last = t0;
+        assert!(b.take(t0) && !b.take(t0), "empty at t0");
+        // A token takes 500 ms at 2/s; 600 ms have passed since.
+        assert_eq!(b.wait(), Duration::ZERO);
+        b.last = Instant::now();
+        let w = b.wait();
+        assert!(
+            w > Duration::from_millis(400) && w <= Duration::from_millis(500),
+            "{w:?}"
+        );
     }
 
     #[test]
