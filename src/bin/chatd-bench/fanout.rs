@@ -19,6 +19,7 @@ use crate::server::Server;
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::resource::{getrusage, UsageWho};
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
 use std::collections::{HashSet, VecDeque};
 use std::io::{ErrorKind, IoSliceMut, Write};
@@ -461,7 +462,7 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         }
     }
     let cpu0 = server.cpu_seconds();
-    let bench0 = self_cpu();
+    let bench0 = rusage_cpu(UsageWho::RUSAGE_SELF);
     run.start = Instant::now();
     run.last_rx = run.start;
     let max = Duration::from_secs_f64(spec.max_secs);
@@ -528,7 +529,7 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
     let end = run.last_rx.max(run.start + Duration::from_millis(1));
     run.out.secs = (end - run.start).as_secs_f64();
     run.out.server_cpu = server.cpu_seconds() - cpu0;
-    run.out.bench_cpu = self_cpu() - bench0;
+    run.out.bench_cpu = rusage_cpu(UsageWho::RUSAGE_SELF) - bench0;
     let stable_msgs: u64 = run.senders.iter().map(|s| s.next as u64).sum();
     run.out.expected = stable_msgs * (stable as u64 - 1) + run.churn_sent * stable as u64;
     let stable_got: u64 = run
@@ -627,9 +628,10 @@ fn poll_once(run: &mut Run, events: &mut [EpollEvent], buf: &mut [u8], ms: u16) 
     Ok(())
 }
 
-/// CPU seconds this process has used.
-pub fn self_cpu() -> f64 {
-    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF);
+/// CPU seconds (user + system) used by this process (`RUSAGE_SELF`) or by
+/// its reaped children (`RUSAGE_CHILDREN`).
+pub fn rusage_cpu(who: UsageWho) -> f64 {
+    let r = getrusage(who);
     r.map(|r| {
         let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
         t(r.user_time()) + t(r.system_time())

@@ -29,7 +29,14 @@ mod storm;
 mod wakes;
 
 use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fanout::{Mode, Outcome, Spec};
+use serde_json::{json, Map, Value};
+use server::{Kind, Server};
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use storm::StormOutcome;
 
 /// `println!` that returns an error instead of panicking when stdout is
 /// gone (`chatd-bench | head -1`), so that the servers are still stopped
@@ -39,13 +46,6 @@ macro_rules! out {
         writeln!(std::io::stdout().lock(), $($arg)*).context("writing to stdout")
     };
 }
-use clap::{Args, Parser, Subcommand};
-use fanout::{Mode, Outcome, Spec};
-use serde_json::{json, Map, Value};
-use server::{Kind, Server};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use storm::StormOutcome;
 
 #[derive(Parser)]
 #[command(
@@ -90,30 +90,54 @@ struct Target {
     pid: Option<i32>,
 }
 
+/// `chatd-bench fanout`'s options: one fan-out scenario.
+#[derive(Args)]
+struct FanoutArgs {
+    #[arg(short = 'n', long, default_value_t = 100)]
+    clients: usize,
+    #[arg(short = 'k', long, default_value_t = 10)]
+    senders: usize,
+    #[arg(short = 'm', long, default_value_t = 2000)]
+    messages: u32,
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
+    /// Closed loop: messages in flight per sender.
+    #[arg(short = 'w', long, default_value_t = 8)]
+    window: u32,
+    /// Open loop: messages per second per sender (overrides --window).
+    #[arg(short = 'r', long)]
+    rate: Option<f64>,
+    /// Clients that leave and rejoin during the run (part of N).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    churn: usize,
+    #[arg(long, default_value_t = 10.0)]
+    max_secs: f64,
+}
+
+impl FanoutArgs {
+    /// The scenario these options ask for.
+    fn spec(&self) -> Spec {
+        Spec {
+            clients: self.clients,
+            senders: self.senders,
+            messages: self.messages,
+            size: self.size.max(marker::MIN_SIZE),
+            mode: self.rate.map_or(
+                Mode::Closed {
+                    window: self.window,
+                },
+                |rate| Mode::Open { rate },
+            ),
+            churners: self.churn,
+            max_secs: self.max_secs,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// N clients, K senders, M messages of S bytes; closed (-w) or open (-r) loop.
-    Fanout {
-        #[arg(short = 'n', long, default_value_t = 100)]
-        clients: usize,
-        #[arg(short = 'k', long, default_value_t = 10)]
-        senders: usize,
-        #[arg(short = 'm', long, default_value_t = 2000)]
-        messages: u32,
-        #[arg(short = 's', long, default_value_t = 64)]
-        size: usize,
-        /// Closed loop: messages in flight per sender.
-        #[arg(short = 'w', long, default_value_t = 8)]
-        window: u32,
-        /// Open loop: messages per second per sender (overrides --window).
-        #[arg(short = 'r', long)]
-        rate: Option<f64>,
-        /// Clients that leave and rejoin during the run (part of N).
-        #[arg(short = 'c', long, default_value_t = 0)]
-        churn: usize,
-        #[arg(long, default_value_t = 10.0)]
-        max_secs: f64,
-    },
+    Fanout(FanoutArgs),
     /// N connections opened as fast as possible.
     Storm {
         #[arg(short = 'n', long, default_value_t = 1000)]
@@ -185,8 +209,8 @@ fn main() -> Result<()> {
     let nofile = server::raise_nofile();
     match cli.cmd {
         None => suite(&cli, nofile),
-        Some(ref cmd @ Cmd::Fanout { .. }) => {
-            let spec = fanout_spec(cmd).expect("a fanout");
+        Some(Cmd::Fanout(ref args)) => {
+            let spec = args.spec();
             let k = kind(&cli.target)?;
             let s = Server::start(&k, spec.clients)?;
             let o = fanout::run(&s, &spec)?;
@@ -205,7 +229,7 @@ fn main() -> Result<()> {
             let mut s = Server::start(&k, 100)?;
             let r = soak::run(&mut s, secs, every)?;
             drop(s); // stops the server before a failing exit
-            write!(std::io::stdout().lock(), "{}", soak::table(&r)).context("writing to stdout")?;
+            out!("{}", soak::table(&r).trim_end())?;
             out!("{}", soak::json(&r))?;
             if !r.failures.is_empty() {
                 for f in &r.failures {
@@ -454,32 +478,6 @@ fn in_own_process(k: &Kind, t: &Target, scenario: &[String]) -> Result<Value> {
         .with_context(|| format!("chatd-bench {} printed {text:?}", args.join(" ")))
 }
 
-/// The scenario a `fanout` subcommand asks for.
-fn fanout_spec(cmd: &Cmd) -> Option<Spec> {
-    let Cmd::Fanout {
-        clients,
-        senders,
-        messages,
-        size,
-        window,
-        rate,
-        churn,
-        max_secs,
-    } = *cmd
-    else {
-        return None;
-    };
-    Some(Spec {
-        clients,
-        senders,
-        messages,
-        size: size.max(marker::MIN_SIZE),
-        mode: rate.map_or(Mode::Closed { window }, |rate| Mode::Open { rate }),
-        churners: churn,
-        max_secs,
-    })
-}
-
 /// The `chatd-bench fanout` arguments that run `spec`.
 fn fanout_args(spec: &Spec) -> Vec<String> {
     let mode = match spec.mode {
@@ -670,7 +668,10 @@ mod tests {
             let mut argv = vec!["chatd-bench".to_string()];
             argv.extend(fanout_args(&spec));
             let cli = Cli::try_parse_from(&argv).unwrap();
-            let back = cli.cmd.as_ref().and_then(fanout_spec);
+            let back = match &cli.cmd {
+                Some(Cmd::Fanout(args)) => Some(args.spec()),
+                _ => None,
+            };
             assert_eq!(format!("{back:?}"), format!("{:?}", Some(spec)), "{name}");
         }
     }

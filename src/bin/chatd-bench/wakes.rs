@@ -14,13 +14,14 @@
 //! machine at that rate, measured in the same invocation as chatd; the
 //! floor server's figures are the bound for a server that is one process.
 
+use crate::fanout::rusage_cpu;
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::mman::{mmap_anonymous, munmap, MapFlags, ProtFlags};
-use nix::sys::resource::{getrusage, UsageWho};
+use nix::sys::resource::UsageWho;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
 use nix::time::{clock_gettime, ClockId};
@@ -81,7 +82,7 @@ fn measure_with(
     let board = SharedBoard::new(n)?;
     let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).context("wakes: eventfd")?;
     let done = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).context("wakes: eventfd")?;
-    let cpu_before = children_cpu();
+    let cpu_before = rusage_cpu(UsageWho::RUSAGE_CHILDREN);
     let mut sleepers = Sleepers(Vec::with_capacity(n));
     for i in 0..n {
         // SAFETY: the child runs only `sleep_loop`, which makes raw
@@ -128,11 +129,11 @@ fn measure_with(
         wakes_us.extend(board.stamps().iter().map(|t| us(t.load(Acquire))));
     }
     drop(sleepers); // kills and reaps them, so their CPU time is counted
-    let cpu = children_cpu() - cpu_before;
+    let cpu = rusage_cpu(UsageWho::RUSAGE_CHILDREN) - cpu_before;
     Ok(Wakes {
         sleepers: n,
         rate,
-        cpu_per_wake_us: cpu.as_secs_f64() * 1e6 / (n * rounds.max(1)) as f64,
+        cpu_per_wake_us: cpu * 1e6 / (n * rounds.max(1)) as f64,
         rounds_us,
         wakes_us,
     })
@@ -196,16 +197,6 @@ fn exit(code: i32) -> ! {
 fn now_ns() -> u64 {
     let t = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-/// CPU time (user + system) of this process's reaped children so far.
-fn children_cpu() -> Duration {
-    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(Duration::ZERO, |u| {
-        let tv = |t: nix::sys::time::TimeVal| {
-            Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-        };
-        tv(u.user_time()) + tv(u.system_time())
-    })
 }
 
 /// The sleepers' pids; dropping it kills and reaps them all.
