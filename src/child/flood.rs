@@ -24,9 +24,15 @@ impl TokenBucket {
         }
     }
 
-    fn refill(&mut self, now: Instant) {
+    /// The tokens the bucket holds at `now`: those left at the last
+    /// [`TokenBucket::take`] plus what has refilled since.
+    fn tokens_at(&self, now: Instant) -> f64 {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        (self.tokens + dt * self.rate).min(self.burst)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        self.tokens = self.tokens_at(now);
         self.last = now;
     }
 
@@ -56,8 +62,7 @@ impl TokenBucket {
         if self.rate == 0.0 || self.tokens >= 1.0 {
             return Duration::ZERO;
         }
-        let dt = Instant::now().saturating_duration_since(self.last);
-        let have = self.tokens + dt.as_secs_f64() * self.rate;
+        let have = self.tokens_at(Instant::now());
         if have >= 1.0 {
             return Duration::ZERO;
         }
