@@ -62,3 +62,99 @@ fn every_key_is_documented() {
         assert!(readme.contains(&format!("`{k}`")), "README lacks {k}");
     }
 }
+
+/// The lines of the fenced code block that follows `heading` in `doc`.
+fn block_after<'a>(doc: &'a str, heading: &str) -> Vec<&'a str> {
+    let rest = &doc[doc.find(heading).unwrap_or_else(|| panic!("no {heading}"))..];
+    rest.lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .collect()
+}
+
+#[test]
+fn architecture_file_map_matches_the_tree() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let map: Vec<String> = block_after(&read("ARCHITECTURE.md"), "## File map")
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        map.len() > 20,
+        "the file map is the first block after its heading"
+    );
+    for p in &map {
+        assert!(
+            std::path::Path::new(&format!("{root}/{p}")).exists(),
+            "ARCHITECTURE.md's file map names {p}, which does not exist"
+        );
+    }
+    // Every source file is in the map, itself or through its directory.
+    fn walk(dir: &std::path::Path, out: &mut Vec<String>, root: &str) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out, root);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p.strip_prefix(root).unwrap().to_str().unwrap().to_owned());
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        std::path::Path::new(&format!("{root}/src")),
+        &mut files,
+        &format!("{root}/"),
+    );
+    for f in files {
+        assert!(
+            map.iter()
+                .any(|p| *p == f || (p.ends_with('/') && f.starts_with(p.as_str()))),
+            "{f} is missing from ARCHITECTURE.md's file map"
+        );
+    }
+}
+
+#[test]
+fn readme_starts_with_the_two_setup_commands() {
+    let readme = read("README.md");
+    let first = block_after(&readme, "# chatd");
+    assert_eq!(
+        first,
+        [
+            "cargo run --release -- --no-config --user nobody",
+            "bash tests/all.sh"
+        ],
+        "the README's first commands: run chatd, run every test"
+    );
+    let ci = read(".ci/run");
+    assert!(
+        ci.contains("bash tests/all.sh"),
+        ".ci/run calls the README's test command"
+    );
+}
+
+#[test]
+fn the_documents_describe_chatd_not_its_history() {
+    for doc in [
+        "README.md",
+        "ARCHITECTURE.md",
+        "docs/decisions.md",
+        "packaging/chatd.8",
+    ] {
+        let text = read(doc).to_lowercase();
+        for word in [
+            "session",
+            "planners",
+            "before 2026",
+            "this afternoon",
+            "this morning",
+        ] {
+            assert!(!text.contains(word), "{doc} speaks of {word:?}");
+        }
+    }
+    let lines = read("README.md").lines().count();
+    assert!(lines <= 300, "README.md has {lines} lines: it is for users");
+}
