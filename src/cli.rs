@@ -24,6 +24,11 @@ pub struct Args {
     #[arg(short, long, value_name = "ADDR")]
     pub listen: Vec<String>,
 
+    /// Address for IRC clients, IP:PORT (repeatable; replaces `irc_listen`;
+    /// `--irc-listen ''` disables IRC)
+    #[arg(long, value_name = "ADDR")]
+    pub irc_listen: Vec<String>,
+
     /// Override `max_clients`
     #[arg(long, value_name = "N")]
     pub max_clients: Option<u32>,
@@ -99,6 +104,14 @@ impl Args {
     fn apply(&self, mut cfg: Config) -> Result<Config, config::ConfigError> {
         if !self.listen.is_empty() {
             cfg.listen = self.listen.clone();
+        }
+        if !self.irc_listen.is_empty() {
+            cfg.irc_listen = self
+                .irc_listen
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect();
         }
         if let Some(v) = self.max_clients {
             cfg.max_clients = v;

@@ -33,6 +33,17 @@ pub struct Config {
     /// Addresses to listen on (`"127.0.0.1:5555"`, `"[::1]:5555"`); ignored
     /// when systemd passes sockets. Cannot change on reload.
     pub listen: Vec<String>,
+    /// Addresses for IRC clients (irssi, WeeChat, HexChat, bots); empty
+    /// disables IRC. Ignored when systemd passes sockets (the one named
+    /// `irc` speaks IRC). Cannot change on reload.
+    pub irc_listen: Vec<String>,
+    /// The room's name as an IRC channel.
+    pub irc_channel: String,
+    /// The room's topic (IRC 332; empty: none).
+    pub topic: String,
+    /// Seconds an IRC client may take to register (NICK, USER, CAP END)
+    /// before it is disconnected.
+    pub registration_timeout: f64,
     /// Most clients connected at once; further connects get "server full".
     /// Raising it above the start-up value needs a restart.
     pub max_clients: u32,
@@ -75,6 +86,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec!["127.0.0.1:5555".to_string()],
+            irc_listen: vec!["127.0.0.1:6667".to_string()],
+            irc_channel: "#chatd".to_string(),
+            topic: String::new(),
+            registration_timeout: 30.0,
             max_clients: 1024,
             max_per_ip: 16,
             max_line: 1024,
@@ -184,6 +199,33 @@ impl Config {
         for a in &self.listen {
             parse_listen(a).map_err(|m| ("listen", m))?;
         }
+        for a in &self.irc_listen {
+            parse_listen(a).map_err(|m| ("irc_listen", m))?;
+        }
+        let chan = self.irc_channel.as_bytes();
+        if chan.len() < 2
+            || chan.len() > 50
+            || chan[0] != b'#'
+            || !self.irc_channel[1..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err((
+                "irc_channel",
+                "must be # and 1 to 49 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        if !(self.registration_timeout.is_finite()
+            && (1.0..=3600.0).contains(&self.registration_timeout))
+        {
+            return Err((
+                "registration_timeout",
+                "must be between 1 and 3600 seconds".into(),
+            ));
+        }
+        if self.topic.len() > 300 || self.topic.chars().any(char::is_control) {
+            return Err(("topic", "must be at most 300 printable characters".into()));
+        }
         if !(1..=100_000).contains(&self.max_clients) {
             return Err(("max_clients", "must be between 1 and 100000".into()));
         }
@@ -253,11 +295,13 @@ impl Config {
         Ok(())
     }
 
-    /// The listen addresses, parsed (validated by [`Config::validate`]).
-    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        self.listen
-            .iter()
-            .filter_map(|a| parse_listen(a).ok())
+    /// Every address to listen on and its protocol, parsed (validated by
+    /// [`Config::validate`]).
+    pub fn listen_addrs(&self) -> Vec<(SocketAddr, crate::protocol::Proto)> {
+        use crate::protocol::Proto;
+        let line = self.listen.iter().map(|a| (a, Proto::Line));
+        line.chain(self.irc_listen.iter().map(|a| (a, Proto::Irc)))
+            .filter_map(|(a, p)| Some((parse_listen(a).ok()?, p)))
             .collect()
     }
 }

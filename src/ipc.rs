@@ -3,15 +3,16 @@
 //! The socketpair carries only small replies and notifications; chat data
 //! goes through shared memory, and the master wakes children through one
 //! shared eventfd (see `master::relay`). A message is one datagram: a tag
-//! byte, then for `MORE`, `TEXT` and `CLOSE` the bytes to send to the
-//! client.
+//! byte, then a body: bytes for the client (`TEXT`) or an encoded
+//! `protocol::event::Event` that the child renders for its protocol.
 //!
-//! | direction      | tag     | meaning                                          |
-//! |----------------|---------|--------------------------------------------------|
-//! | master → child | `MORE`  | the first pieces of a long text; hold them       |
-//! | master → child | `TEXT`  | send these bytes to your client (command reply)  |
-//! | master → child | `CLOSE` | send these bytes, flush, and exit (kick, stop)   |
-//! | child → master | `NOTIFY`| my input ring has entries you have not seen      |
+//! | direction      | tag     | meaning                                              |
+//! |----------------|---------|------------------------------------------------------|
+//! | master → child | `MORE`  | the first pieces of a long body; hold them           |
+//! | master → child | `TEXT`  | send these bytes to your client                      |
+//! | master → child | `EVENT` | render this event for your client (reply, private)   |
+//! | master → child | `CLOSE` | render this event (why), flush, and exit (kick, stop)|
+//! | child → master | `NOTIFY`| my input ring has entries you have not seen          |
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
@@ -20,6 +21,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 pub const MORE: u8 = b'M';
 pub const TEXT: u8 = b'T';
 pub const CLOSE: u8 = b'C';
+pub const EVENT: u8 = b'E';
 pub const NOTIFY: u8 = b'N';
 
 /// Largest control datagram: one page, the child's receive buffer. Longer
@@ -77,8 +79,9 @@ pub enum Recv {
     Empty,
     /// The other end closed.
     Eof,
-    /// A message with this tag; a `MORE` body went to `held`, a `TEXT` or
-    /// `CLOSE` body (after what was held) to the send queue.
+    /// A message with this tag; a `MORE` body went to `held`, a `TEXT`
+    /// body (after what was held) to the send queue; an `EVENT` or `CLOSE`
+    /// body is in `held`, whole, for the caller to take.
     Msg(u8),
 }
 
@@ -119,9 +122,10 @@ pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>, out: &mut Vec<u8>) ->
     held.remove(keep);
     match tag[0] {
         MORE => {}
-        TEXT | CLOSE => {
+        TEXT => {
             out.append(held);
         }
+        EVENT | CLOSE => {}
         _ => held.truncate(keep),
     }
     Ok(Recv::Msg(tag[0]))
@@ -173,13 +177,23 @@ mod tests {
         // the child queues meanwhile comes before it, never inside it.
         assert_eq!(q, b"queued hello ");
         q.extend_from_slice(b"relayed\n ");
-        assert!(send_raw(a.as_fd(), b"Cbye").unwrap());
+        assert!(send_raw(a.as_fd(), b"Tbye").unwrap());
         assert_eq!(
             recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(CLOSE))
+            Ok(Recv::Msg(TEXT))
         );
         assert_eq!(q, b"queued hello relayed\n long text, bye");
         assert!(held.is_empty());
+        // An event's body stays in `held`, whole, for the child to render.
+        for m in [&b"Mev"[..], b"Eent"] {
+            assert!(send_raw(a.as_fd(), m).unwrap());
+        }
+        recv_append(b.as_fd(), &mut held, &mut q).unwrap();
+        assert_eq!(
+            recv_append(b.as_fd(), &mut held, &mut q),
+            Ok(Recv::Msg(EVENT))
+        );
+        assert_eq!(held, b"event");
         drop(a);
         assert_eq!(recv_append(b.as_fd(), &mut held, &mut q), Ok(Recv::Eof));
     }

@@ -1,10 +1,12 @@
 //! The child: one process per client, forked by the master.
 //!
 //! After [`setup`] has prepared the process, [`run`] is the child's loop:
-//! it reads its client's lines, validates them ([`crate::protocol`]), and
-//! appends chat lines and commands to its own slot's ring
-//! ([`crate::shm::ring`]); it copies new relay-log entries from the other
-//! clients to its client ([`crate::shm::log`]); and it sleeps in
+//! it frames its client's lines and hands them to the client's protocol
+//! session ([`crate::protocol::Session`]: the line protocol or IRC; the loop
+//! does not care which), appends what the session asks for to its own
+//! slot's ring ([`crate::shm::ring`]); it renders new relay-log entries from
+//! the other clients through the same session ([`crate::shm::log`]); and it
+//! sleeps in
 //! `epoll_wait` on three fds: the client socket, the control socket, and the
 //! wake-up eventfd the master writes once per published batch (one write
 //! wakes every child; see ARCHITECTURE.md, "Wake-ups").
@@ -19,9 +21,12 @@ pub mod setup;
 pub mod stack;
 
 use crate::ipc;
-use crate::protocol::command::{self, Command};
+use crate::master::request::private_payload;
+use crate::protocol::event::Event;
+use crate::protocol::irc::Irc;
+use crate::protocol::line::Line;
 use crate::protocol::lines::{Input, LineReader};
-use crate::protocol::{nick, sanitize, ERR, NOTICE};
+use crate::protocol::{Ask, Leave, Proto, Session};
 use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
 use crate::shm::Region;
@@ -39,7 +44,13 @@ use std::time::{Duration, Instant};
 pub struct Spec {
     pub slot: usize,
     pub client_id: u64,
+    /// The protocol the client's listener speaks.
+    pub proto: Proto,
     pub max_line: usize,
+    /// IRC: idle seconds before the server pings the client (0: never).
+    pub keepalive: u32,
+    /// IRC: how long the client may take to register.
+    pub registration_timeout: Duration,
     pub max_sendq: usize,
     pub flood_burst: u32,
     pub flood_rate: f64,
@@ -55,6 +66,9 @@ const READ_CHUNK: usize = 4096;
 const MAX_REASON: usize = 128;
 /// Ring space kept free so that the final `Quit` entry always fits.
 const QUIT_RESERVE: u64 = 16 + MAX_REASON as u64;
+/// A ring entry's payload beyond the line itself (a private message's
+/// flags and target).
+const ASK_OVERHEAD: usize = 2 + crate::config::MAX_NICK;
 /// How long the child keeps trying to deliver its last lines.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Minimum time between two flood-control notices.
@@ -62,8 +76,9 @@ const FLOOD_NOTICE_EVERY: Duration = Duration::from_secs(10);
 
 /// Why the child ends; becomes the reason in "* alice left (reason)".
 enum Exit {
-    /// The client said /quit.
-    Quit(String),
+    /// The session ends it: the client quit, or a protocol rule (ping
+    /// timeout, registration timeout).
+    Leave(Leave),
     /// The connection ended (EOF, reset, keepalive timeout).
     Closed(&'static str),
     /// The client stopped reading and its queue overflowed.
@@ -78,6 +93,12 @@ enum Exit {
 
 struct Child {
     region: &'static Region,
+    /// The client's protocol (line or IRC).
+    session: Box<dyn Session>,
+    /// What the session asked for, on its way into the ring.
+    asks: Vec<Ask>,
+    /// One relay-log payload at a time, for the session to render.
+    scratch: Vec<u8>,
     client: TcpStream,
     ctl: OwnedFd,
     lines: LineReader,
@@ -118,7 +139,18 @@ pub fn run(
     epoll: Epoll,
     note: Option<String>,
 ) -> ! {
+    let session = match spec.proto {
+        Proto::Line => Box::new(Line::new()) as Box<dyn Session>,
+        Proto::Irc => Box::new(Irc::new(
+            Instant::now(),
+            spec.registration_timeout,
+            Duration::from_secs(spec.keepalive.into()),
+        )),
+    };
     let mut child = Child {
+        session,
+        asks: Vec::new(),
+        scratch: Vec::new(),
         lines: LineReader::new(spec.max_line, READ_CHUNK),
         ring: RingWriter::new(region, spec.slot),
         log: LogReader::new(region, spec.slot, spec.client_id),
@@ -160,7 +192,16 @@ impl Child {
             if let Some(e) = self.handle_ctl() {
                 return e;
             }
-            match self.log.drain(&mut self.sendq) {
+            let session = &mut self.session;
+            let render = |p: &[u8], out: &mut Vec<u8>| {
+                if let Some(ev) = Event::decode(p) {
+                    session.on_event(&ev, out, &mut Vec::new());
+                }
+            };
+            match self
+                .log
+                .drain_with(&mut self.sendq, &mut self.scratch, render)
+            {
                 Ok(_) => {}
                 Err(LogError::Evicted) => return Exit::SendQ,
                 Err(LogError::Corrupt(_)) => return Exit::Fatal("internal error"),
@@ -176,6 +217,9 @@ impl Child {
                 return e;
             }
             if let Some(e) = self.check_line_timeout() {
+                return e;
+            }
+            if let Some(e) = self.check_session_deadline() {
                 return e;
             }
             if self.ring.publish() {
@@ -202,10 +246,57 @@ impl Child {
             match ipc::recv_append(self.ctl.as_fd(), &mut self.ctl_held, &mut self.sendq) {
                 Ok(ipc::Recv::Empty) => return None,
                 Ok(ipc::Recv::Eof) | Err(_) => return Some(Exit::Fatal("master gone")),
-                Ok(ipc::Recv::Msg(ipc::CLOSE)) => return Some(Exit::ClosedByMaster),
+                Ok(ipc::Recv::Msg(tag @ (ipc::EVENT | ipc::CLOSE))) => {
+                    let held = std::mem::take(&mut self.ctl_held);
+                    if let Some(ev) = Event::decode(&held) {
+                        let s = &mut self.session;
+                        s.on_event(&ev, &mut self.sendq, &mut self.asks);
+                    }
+                    self.ctl_held = held;
+                    self.ctl_held.clear();
+                    self.push_asks();
+                    if tag == ipc::CLOSE {
+                        return Some(Exit::ClosedByMaster);
+                    }
+                }
                 Ok(ipc::Recv::Msg(_)) => {}
             }
         }
+    }
+
+    /// Appends what the session asked for to the ring. Room for
+    /// [`Session::max_asks`] entries was checked before the line was taken;
+    /// what a reply makes the session ask (a join after registration) is
+    /// small and waits for room if it must.
+    fn push_asks(&mut self) {
+        for ask in self.asks.drain(..) {
+            let (kind, payload) = match ask {
+                Ask::Chat(t) => (Kind::Chat, t.into_bytes()),
+                Ask::Action(t) => (Kind::Me, t.into_bytes()),
+                Ask::Nick(n) => (Kind::Nick, n.into_bytes()),
+                Ask::List(l) => (Kind::Who, vec![l as u8]),
+                Ask::Join => (Kind::Join, Vec::new()),
+                Ask::Part(r) => (Kind::Part, r.into_bytes()),
+                Ask::Private {
+                    flags,
+                    target,
+                    text,
+                } => (Kind::Private, private_payload(flags, &target, &text)),
+            };
+            let pushed = self.ring.push(kind, &payload);
+            debug_assert!(pushed, "room was checked before taking the line");
+        }
+    }
+
+    /// Runs the session's timers (IRC keepalive and registration).
+    fn check_session_deadline(&mut self) -> Option<Exit> {
+        let s = &mut self.session;
+        let due = s.deadline()?;
+        let now = Instant::now();
+        if due > now {
+            return None;
+        }
+        s.on_deadline(now, &mut self.sendq).map(Exit::Leave)
     }
 
     /// Reads once from the client if there is room and input is not paused.
@@ -263,10 +354,15 @@ impl Child {
         Some((since + limit).saturating_duration_since(Instant::now()))
     }
 
+    /// Ring room the next line may need: its session's most entries.
+    fn room_for_line(&mut self) -> u64 {
+        let asks = self.session.max_asks() as u64;
+        asks * entry_size(self.spec.max_line + ASK_OVERHEAD) + QUIT_RESERVE
+    }
+
     /// Whether the next line may be processed now (ring room, flood tokens).
     fn may_take_line(&mut self) -> bool {
-        self.ring.free() >= entry_size(self.spec.max_line) + QUIT_RESERVE
-            && self.flood.wait() == Duration::ZERO
+        self.ring.free() >= self.room_for_line() && self.flood.wait() == Duration::ZERO
     }
 
     /// Processes complete input lines while the ring and flood control allow.
@@ -274,77 +370,49 @@ impl Child {
         // One clock read per batch, not per line.
         let now = Instant::now();
         loop {
-            if self.ring.free() < entry_size(self.spec.max_line) + QUIT_RESERVE {
+            if self.ring.free() < self.room_for_line() {
                 return None;
             }
             if !self.flood.take(now) {
                 if self.lines.pending() > 0 && self.flood_notice_due(now) {
-                    self.reply_err(
-                        "flood control: you are sending too fast, your lines are delayed",
-                    );
+                    self.session.on_flood(&mut self.sendq);
                 }
                 return None;
             }
-            let exit = match self.lines.next_line() {
+            let session = &mut self.session;
+            let leave = match self.lines.next_line() {
                 None => {
                     self.flood.give_back();
                     return None;
                 }
                 Some(Input::TooLong) => {
-                    let msg = format!(
-                        "line too long (max {} bytes), discarded",
-                        self.spec.max_line
-                    );
-                    self.reply_err(&msg);
+                    session.on_too_long(self.spec.max_line, &mut self.sendq);
                     None
                 }
-                Some(Input::Line(raw)) => match sanitize::check(raw) {
-                    Err(r) => {
-                        self.reply_err(r.message());
-                        None
+                Some(Input::Line(raw)) => {
+                    #[cfg(feature = "fault-injection")]
+                    if let Some(name) = raw.strip_prefix(crate::sandbox::fault::COMMAND.as_bytes())
+                    {
+                        let name = String::from_utf8_lossy(name);
+                        let note = crate::sandbox::fault::trigger(
+                            name.trim(),
+                            self.region,
+                            self.spec.slot,
+                        );
+                        self.sendq.extend_from_slice(note.as_bytes());
+                        continue;
                     }
-                    Ok(text) => {
-                        #[cfg(feature = "fault-injection")]
-                        if let Some(name) = text.strip_prefix(crate::sandbox::fault::COMMAND) {
-                            let note = crate::sandbox::fault::trigger(
-                                name.trim(),
-                                self.region,
-                                self.spec.slot,
-                            );
-                            self.sendq.extend_from_slice(note.as_bytes());
-                            continue;
-                        }
-                        let cmd = command::parse(text);
-                        if cmd == Command::Empty {
-                            self.flood.give_back();
-                        }
-                        // `text` borrows the line buffer; copy out what we keep.
-                        let act = Action::from(cmd);
-                        self.act(act)
+                    if raw.iter().all(|b| b.is_ascii_whitespace()) {
+                        self.flood.give_back();
                     }
-                },
-            };
-            if exit.is_some() {
-                return exit;
-            }
-        }
-    }
-
-    fn act(&mut self, act: Action) -> Option<Exit> {
-        match act {
-            Action::None => {}
-            Action::Push(kind, payload) => {
-                let pushed = self.ring.push(kind, &payload);
-                debug_assert!(pushed, "room was checked before taking the line");
-            }
-            Action::Reply(lines) => {
-                for l in lines {
-                    self.sendq.extend_from_slice(l.as_bytes());
+                    session.on_line(raw, now, &mut self.sendq, &mut self.asks)
                 }
+            };
+            self.push_asks();
+            if let Some(l) = leave {
+                return Some(Exit::Leave(l));
             }
-            Action::Quit(reason) => return Some(Exit::Quit(reason)),
         }
-        None
     }
 
     fn flood_notice_due(&mut self, now: Instant) -> bool {
@@ -355,12 +423,6 @@ impl Child {
             self.last_flood_notice = Some(now);
         }
         due
-    }
-
-    fn reply_err(&mut self, msg: &str) {
-        self.sendq.extend_from_slice(ERR.as_bytes());
-        self.sendq.extend_from_slice(msg.as_bytes());
-        self.sendq.push(b'\n');
     }
 
     fn notify_master(&self) {
@@ -404,7 +466,15 @@ impl Child {
             return Ok(());
         }
         let flood = Some(self.flood.wait()).filter(|d| !d.is_zero());
-        let timeout = match [flood, self.line_deadline()].into_iter().flatten().min() {
+        let session = self
+            .session
+            .deadline()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let timeout = match [flood, self.line_deadline(), session]
+            .into_iter()
+            .flatten()
+            .min()
+        {
             None => EpollTimeout::NONE,
             Some(d) => {
                 EpollTimeout::try_from(d + Duration::from_millis(1)).unwrap_or(EpollTimeout::MAX)
@@ -476,9 +546,12 @@ impl Child {
 
     /// Announces the departure to the master, sends the last line and exits.
     fn finish(&mut self, exit: Exit) {
-        let (reason, last_line): (String, Option<String>) = match exit {
-            Exit::Quit(r) => (r, Some(format!("{NOTICE}Bye!\n"))),
-            Exit::Closed(r) => (r.to_string(), None),
+        let plain: Option<&'static str> = match &exit {
+            Exit::Closed(r) | Exit::Fatal(r) => Some(r),
+            _ => None,
+        };
+        let leave = match exit {
+            Exit::Leave(l) => Some(l),
             Exit::SendQ => {
                 // Drop what is queued, but finish the line already started.
                 let keep = match self.sendq[self.sent..].iter().position(|&b| b == b'\n') {
@@ -488,25 +561,21 @@ impl Child {
                     _ => self.sent,
                 };
                 self.sendq.truncate(keep);
-                (
-                    "SendQ exceeded".to_string(),
-                    Some(format!(
-                        "{ERR}SendQ exceeded: you were not reading; disconnecting\n"
-                    )),
-                )
+                Some(Leave::Error(
+                    "SendQ exceeded: you were not reading; disconnecting".into(),
+                ))
             }
             Exit::LineTimeout => {
                 let secs = self.spec.line_timeout.unwrap_or_default().as_secs_f64();
-                (
-                    "line timeout".to_string(),
-                    Some(format!(
-                        "{ERR}line timeout: no end of line within {secs} s; disconnecting\n"
-                    )),
-                )
+                Some(Leave::Error(format!(
+                    "line timeout: no end of line within {secs} s; disconnecting"
+                )))
             }
-            Exit::ClosedByMaster => (String::new(), None),
-            Exit::Fatal(r) => (r.to_string(), None),
+            _ => None,
         };
+        let reason: String = exit_reason(&leave)
+            .or(plain.map(str::to_string))
+            .unwrap_or_default();
         if !reason.is_empty() {
             let mut r = reason.as_bytes();
             if r.len() > MAX_REASON {
@@ -520,8 +589,8 @@ impl Child {
                 self.notify_master();
             }
         }
-        if let Some(l) = last_line {
-            self.sendq.extend_from_slice(l.as_bytes());
+        if let Some(l) = &leave {
+            self.session.farewell(l, &mut self.sendq);
         }
         let deadline = Instant::now() + FINAL_FLUSH;
         self.writable = true;
@@ -547,37 +616,12 @@ impl Child {
     }
 }
 
-/// What to do with one parsed line, detached from the input buffer.
-enum Action {
-    None,
-    Push(Kind, Vec<u8>),
-    Reply(Vec<String>),
-    Quit(String),
-}
-
-impl From<Command<'_>> for Action {
-    fn from(cmd: Command<'_>) -> Action {
-        let err = |m: String| Action::Reply(vec![format!("{ERR}{m}\n")]);
-        match cmd {
-            Command::Empty => Action::None,
-            Command::Chat(t) => Action::Push(Kind::Chat, t.as_bytes().to_vec()),
-            Command::Me(t) => Action::Push(Kind::Me, t.as_bytes().to_vec()),
-            Command::Nick(n) => match nick::validate(n) {
-                Ok(()) => Action::Push(Kind::Nick, n.as_bytes().to_vec()),
-                Err(why) => err(format!("cannot use nick {n}: {why}")),
-            },
-            Command::Who => Action::Push(Kind::Who, Vec::new()),
-            Command::Help => Action::Reply(
-                command::HELP
-                    .iter()
-                    .map(|l| format!("{NOTICE}{l}\n"))
-                    .collect(),
-            ),
-            Command::Quit(r) => Action::Quit(r.unwrap_or("quit").to_string()),
-            Command::Usage(u) => err(u.to_string()),
-            Command::Unknown(name) => err(format!("unknown command /{name}; type /help")),
-        }
-    }
+/// The reason the master records and the room sees, for a session's leave.
+fn exit_reason(leave: &Option<Leave>) -> Option<String> {
+    leave.as_ref().map(|l| match l {
+        Leave::Quit(r) => r.clone(),
+        Leave::Error(e) => e.split(':').next().unwrap_or(e).to_string(),
+    })
 }
 
 fn io_reason(e: &io::Error) -> &'static str {

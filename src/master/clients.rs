@@ -6,7 +6,7 @@
 //! `id = generation << 32 | slot`, so nothing that refers to a previous
 //! owner (an epoll token, a log entry's origin) can match the new one.
 
-use crate::protocol::nick;
+use crate::protocol::{nick, Proto};
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +23,11 @@ pub struct Client {
     pub pid: Pid,
     pub peer: SocketAddr,
     pub nick: String,
+    /// The protocol its listener speaks.
+    pub proto: Proto,
+    /// In the room: sees and is seen in it. A line-protocol client is from
+    /// the start; an IRC client once registered, until it parts.
+    pub in_room: bool,
     pub ctl: OwnedFd,
     /// The control socket is still registered with epoll.
     pub ctl_open: bool,
@@ -193,11 +198,19 @@ impl Clients {
         Ok(old)
     }
 
-    /// Nicks of the clients online, sorted case-insensitively.
-    pub fn nicks_online(&self) -> Vec<&str> {
+    /// The slot of the client called `name` (any case), if it is online.
+    pub fn find_nick(&self, name: &str) -> Option<usize> {
+        let slot = *self.nicks.get(&nick::fold(name))?;
+        self.get(slot)
+            .filter(|c| c.leaving.is_none())
+            .map(|c| c.slot)
+    }
+
+    /// Nicks of the clients in the room, sorted case-insensitively.
+    pub fn nicks_in_room(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
             .iter()
-            .filter(|c| c.leaving.is_none())
+            .filter(|c| c.leaving.is_none() && c.in_room)
             .map(|c| c.nick.as_str())
             .collect();
         v.sort_by_key(|n| n.to_ascii_lowercase());
@@ -214,6 +227,7 @@ pub fn new_client(
     pid: Pid,
     peer: SocketAddr,
     nick: String,
+    proto: Proto,
     ctl: OwnedFd,
 ) -> Client {
     Client {
@@ -223,6 +237,8 @@ pub fn new_client(
         pid,
         peer,
         nick,
+        proto,
+        in_room: proto == Proto::Line,
         ctl,
         ctl_open: true,
         outbox: VecDeque::new(),

@@ -1,10 +1,14 @@
 //! The listening sockets: inherited from systemd, or bound from the config.
 //!
 //! With socket activation (`LISTEN_PID`/`LISTEN_FDS`, checked by sd-notify)
-//! the sockets are used as they are; otherwise each `listen` address is
-//! bound with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so `0.0.0.0` and `[::]`
-//! can both be listed) and the largest backlog, for connection storms.
+//! the sockets are used as they are, and their names (`LISTEN_FDNAMES`,
+//! from `FileDescriptorName=`) say what they speak: `irc` is IRC, any other
+//! name the line protocol. Otherwise each `listen` and `irc_listen` address
+//! is bound with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so `0.0.0.0` and
+//! `[::]` can both be listed) and the largest backlog, for connection
+//! storms.
 
+use crate::protocol::Proto;
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{
     bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
@@ -20,23 +24,33 @@ pub enum Origin {
     Config,
 }
 
+/// The protocol of a socket systemd passed under this name.
+pub fn proto_of_name(name: &str) -> Proto {
+    if name == "irc" {
+        Proto::Irc
+    } else {
+        Proto::Line
+    }
+}
+
+/// A listening socket and what it speaks.
+pub type Listener = (TcpListener, Proto);
+
 /// Opens the listeners: the ones systemd passed, else binds `addrs`.
-pub fn open(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Origin)> {
-    let fds = sd_notify::listen_fds().context("reading LISTEN_FDS")?;
+pub fn open(addrs: &[(SocketAddr, Proto)]) -> Result<(Vec<Listener>, Origin)> {
+    let fds = sd_notify::listen_fds_with_names().context("reading LISTEN_FDS")?;
     let inherited: Vec<_> = fds.collect();
     if !inherited.is_empty() {
         let mut ls = Vec::new();
-        for fd in inherited {
+        for (fd, name) in inherited {
             // SAFETY: sd-notify validated LISTEN_PID and returns the fds
             // systemd passed us (3..3+LISTEN_FDS), which nothing else owns.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             let l = TcpListener::from(owned);
             l.local_addr()
                 .context("socket passed by systemd is not a TCP socket")?;
-            ls.push(l);
-        }
-        for l in &ls {
             l.set_nonblocking(true)?;
+            ls.push((l, proto_of_name(&name)));
         }
         return Ok((ls, Origin::Systemd));
     }
@@ -44,8 +58,11 @@ pub fn open(addrs: &[SocketAddr]) -> Result<(Vec<TcpListener>, Origin)> {
         bail!("no address to listen on");
     }
     let mut ls = Vec::new();
-    for a in addrs {
-        ls.push(bind_one(*a).with_context(|| format!("cannot listen on {a}"))?);
+    for (a, proto) in addrs {
+        ls.push((
+            bind_one(*a).with_context(|| format!("cannot listen on {a}"))?,
+            *proto,
+        ));
     }
     Ok((ls, Origin::Config))
 }

@@ -32,7 +32,6 @@ use nix::unistd::Pid;
 use notify::Notifier;
 use relay::Relay;
 use sd_notify::NotifyState;
-use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -61,7 +60,7 @@ pub struct Master {
     reload: Reloader,
     region: &'static Region,
     epoll: Epoll,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<listen::Listener>,
     signals: SignalFd,
     timer: TimerFd,
     /// One-shot: brings the loop back to re-check a held-back wake-up.
@@ -138,7 +137,7 @@ impl Master {
             &wake_timer,
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE_TIMER),
         )?;
-        for (i, l) in listeners.iter().enumerate() {
+        for (i, (l, proto)) in listeners.iter().enumerate() {
             epoll.add(
                 l,
                 EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTEN + i as u64),
@@ -146,8 +145,9 @@ impl Master {
             info!(
                 event = "listen",
                 address = %l.local_addr()?,
+                protocol = ?proto,
                 source = ?origin,
-                "listening on {}", l.local_addr()?
+                "listening on {} ({proto:?})", l.local_addr()?
             );
         }
         let notifier = Notifier::from_env();
@@ -412,12 +412,17 @@ impl Master {
         info!(event = "shutdown", signal = %sig, clients = self.clients.len(), "shutting down");
         self.notifier.send(&[NotifyState::Stopping]);
         self.shutdown_at = Some(Instant::now() + timeout);
-        for l in self.listeners.drain(..) {
+        for (l, _) in self.listeners.drain(..) {
             let _ = self.epoll.delete(&l);
         }
-        let line = format!("{}server shutting down\n", crate::protocol::NOTICE);
+        let why = crate::protocol::event::Event::new(
+            crate::protocol::event::Kind::Closing,
+            "",
+            "server shutting down",
+        );
+        let line = why.encode();
         for slot in self.clients.live_slots() {
-            self.send_ctl(slot, ipc::CLOSE, line.as_bytes());
+            self.send_ctl(slot, ipc::CLOSE, &line);
         }
         // Tick often enough to meet the deadline precisely.
         let _ = self.set_timer(true);
@@ -434,13 +439,14 @@ impl Master {
                 error!(event = "reload_failed", error = %e, "reload failed, keeping the running configuration: {e}")
             }
             Ok(mut new) => {
-                if new.listen != self.cfg.listen {
+                if new.listen != self.cfg.listen || new.irc_listen != self.cfg.irc_listen {
                     warn!(
                         event = "reload_ignored",
                         key = "listen",
-                        "listen addresses cannot change at runtime; ignored until restart"
+                        "listen and irc_listen cannot change at runtime; ignored until restart"
                     );
                     new.listen = self.cfg.listen.clone();
+                    new.irc_listen = self.cfg.irc_listen.clone();
                 }
                 if new.max_clients as usize > self.clients.capacity() {
                     warn!(

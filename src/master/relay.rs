@@ -33,12 +33,11 @@ use super::request::{validate, Request};
 use super::Master;
 use crate::config::MAX_LINE_LIMIT;
 use crate::ipc;
-use crate::protocol::{ERR, NOTICE};
+use crate::protocol::event::{self, Event, Kind, List};
 use crate::shm::log::LogWriter;
 use crate::shm::ring::{Corrupt, RingReader};
 use crate::shm::{Region, LOG_BYTES};
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -321,55 +320,83 @@ impl Master {
         r
     }
 
-    /// The hot path: formats one chat or /me line, borrowing the nick.
-    fn relay_line(&mut self, slot: usize, action: bool, text: &[u8]) {
+    /// The hot path: records one chat or /me line from a client in the room.
+    fn relay_line(&mut self, slot: usize, action: bool, text: &str) {
         let c = self.clients.get(slot).unwrap();
-        let mut line = Vec::with_capacity(text.len() + c.nick.len() + 4);
-        line.extend_from_slice(if action { NOTICE.as_bytes() } else { b"<" });
-        line.extend_from_slice(c.nick.as_bytes());
-        line.extend_from_slice(if action { b" " } else { b"> " });
-        line.extend_from_slice(text);
-        line.push(b'\n');
-        self.relay.emit(c.id, line);
+        if !c.in_room || c.leaving.is_some() {
+            return;
+        }
+        let kind = if action { Kind::Action } else { Kind::Chat };
+        let mut payload = Vec::with_capacity(event::HEADER + c.nick.len() + text.len());
+        Event::new(kind, &c.nick, text).encode_into(&mut payload);
+        self.relay.emit(c.id, payload);
         self.stats.relayed += 1;
+    }
+
+    /// Sends one event to one client alone (a reply, a private message).
+    pub(super) fn send_event(&mut self, slot: usize, ev: Event) {
+        self.send_ctl(slot, ipc::EVENT, &ev.encode());
     }
 
     fn handle_request(&mut self, slot: usize, req: Request) {
         let c = self.clients.get(slot).unwrap();
-        let (id, serial, nick_now) = (c.id, c.serial, c.nick.clone());
+        let (id, serial, nick_now, in_room) = (c.id, c.serial, c.nick.clone(), c.in_room);
+        if c.leaving.is_some() {
+            return;
+        }
         match req {
             Request::Line { action, text } => self.relay_line(slot, action, &text),
-            Request::Nick(new) => {
-                if c.leaving.is_some() {
-                    return;
-                }
-                match self.clients.rename(slot, &new) {
-                    Ok(old) if old == new => {}
-                    Ok(old) => {
-                        info!(event = "nick", client = serial, nick = %new, old_nick = %old, "{old} is now {new}");
+            Request::Nick(new) => match self.clients.rename(slot, &new) {
+                Ok(old) if old == new => {}
+                Ok(old) => {
+                    info!(event = "nick", client = serial, nick = %new, old_nick = %old, "{old} is now {new}");
+                    if in_room {
                         self.relay
-                            .emit(id, format!("{NOTICE}{old} is now {new}\n").into_bytes());
-                        self.send_ctl(
-                            slot,
-                            ipc::TEXT,
-                            format!("{NOTICE}you are now {new}\n").as_bytes(),
-                        );
+                            .emit(id, Event::new(Kind::Nick, &old, &new).encode());
                     }
-                    Err(why) => {
-                        let msg = format!("{ERR}nick {new} {why}\n");
-                        self.send_ctl(slot, ipc::TEXT, msg.as_bytes());
-                    }
+                    self.send_event(slot, Event::new(Kind::NickOk, &old, &new));
+                }
+                Err(why) => {
+                    let ev = Event::new(Kind::NickError, &new, why).with_flags(event::NICK_IN_USE);
+                    self.send_event(slot, ev);
+                }
+            },
+            Request::List(list) => {
+                let nicks = self.clients.nicks_in_room().join(" ");
+                self.send_event(
+                    slot,
+                    Event::new(Kind::Names, "", &nicks).with_flags(list as u8),
+                );
+            }
+            Request::Join => {
+                if !in_room {
+                    self.clients.get_mut(slot).unwrap().in_room = true;
+                    self.relay
+                        .emit(id, Event::new(Kind::Join, &nick_now, "").encode());
+                }
+                let nicks = self.clients.nicks_in_room().join(" ");
+                let ev = Event::new(Kind::Names, "", &nicks).with_flags(List::Joined as u8);
+                self.send_event(slot, ev);
+            }
+            Request::Part(reason) => {
+                if in_room {
+                    self.clients.get_mut(slot).unwrap().in_room = false;
+                    // To everyone, the client too: it sees its own part.
+                    self.relay
+                        .emit(0, Event::new(Kind::Part, &nick_now, &reason).encode());
                 }
             }
-            Request::Who => {
-                let nicks = self.clients.nicks_online();
-                let mut msg = format!("{NOTICE}{} online:", nicks.len());
-                for n in nicks {
-                    let _ = write!(msg, " {n}");
+            Request::Private {
+                flags,
+                target,
+                text,
+            } => match self.clients.find_nick(&target) {
+                Some(to) => {
+                    let ev = Event::new(Kind::Private, &nick_now, &text).with_flags(flags);
+                    self.send_event(to, ev);
                 }
-                msg.push('\n');
-                self.send_ctl(slot, ipc::TEXT, msg.as_bytes());
-            }
+                None => self.send_event(slot, Event::new(Kind::NoSuchNick, &target, "")),
+            },
             Request::Quit(reason) => {
                 if reason == "SendQ exceeded" {
                     self.stats.kicked += 1;
@@ -390,9 +417,9 @@ impl Master {
             return;
         }
         c.leaving = Some(reason.to_string());
-        if self.shutdown_at.is_none() {
-            let line = format!("{NOTICE}{} left ({reason})\n", c.nick);
-            self.relay.emit(0, line.into_bytes());
+        if self.shutdown_at.is_none() && c.in_room {
+            let ev = Event::new(Kind::Quit, &c.nick, reason).encode();
+            self.relay.emit(0, ev);
         }
     }
 
@@ -492,10 +519,15 @@ impl Master {
             let (serial, peer, nick) = (c.serial, c.peer, c.nick.clone());
             self.stats.kicked += 1;
             warn!(event = "kick", client = serial, peer = %peer, nick = %nick, reason = "SendQ exceeded", "{nick} kicked: stalled for {:.1}s", self.cfg.stall_timeout);
+            let why = Event::new(
+                Kind::Closing,
+                "",
+                "SendQ exceeded: you were not reading; disconnecting",
+            );
             self.send_ctl(
                 slot,
                 ipc::CLOSE,
-                format!("{ERR}SendQ exceeded: you were not reading; disconnecting\n").as_bytes(),
+                &why.with_flags(event::CLOSING_ERROR).encode(),
             );
             self.leave(slot, "SendQ exceeded");
         }

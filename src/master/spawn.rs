@@ -10,7 +10,8 @@ use super::clients::new_client;
 use super::Master;
 use crate::child::{self, Spec};
 use crate::ipc;
-use crate::protocol::{ERR, NOTICE};
+use crate::protocol::event::{Event, Kind, Setup};
+use crate::protocol::{self, Proto};
 use anyhow::anyhow;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
@@ -35,11 +36,12 @@ const KEEPALIVE_PROBES: u32 = 3;
 impl Master {
     pub(super) fn accept_all(&mut self, idx: usize) {
         for _ in 0..ACCEPT_BATCH {
-            let Some(l) = self.listeners.get(idx) else {
+            let Some((l, proto)) = self.listeners.get(idx) else {
                 return;
             };
+            let proto = *proto;
             match l.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer),
+                Ok((stream, peer)) => self.admit(stream, peer, proto),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -64,11 +66,14 @@ impl Master {
             return false;
         };
         drop(spare);
-        if let Ok((stream, peer)) = self.listeners[idx].accept() {
+        let (l, proto) = &self.listeners[idx];
+        let proto = *proto;
+        if let Ok((stream, peer)) = l.accept() {
             // `refuse` closes the stream, so the reserve can be taken again.
             self.refuse(
                 stream,
                 peer,
+                proto,
                 "out of file descriptors",
                 "server busy, try again later",
             );
@@ -80,7 +85,7 @@ impl Master {
     /// Stops polling the listeners for [`ACCEPT_PAUSE`], after logging why.
     fn pause_accepting(&mut self, e: &std::io::Error) {
         error!(event = "accept_failed", error = %e, "accept failed: {e}; pausing accepts for {ACCEPT_PAUSE:?}");
-        for l in &self.listeners {
+        for (l, _) in &self.listeners {
             let _ = self
                 .epoll
                 .modify(l, &mut EpollEvent::new(EpollFlags::empty(), 0));
@@ -94,28 +99,30 @@ impl Master {
             return;
         }
         self.accept_paused_until = None;
-        for (i, l) in self.listeners.iter().enumerate() {
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
             let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, super::TOKEN_LISTEN + i as u64);
             let _ = self.epoll.modify(l, &mut ev);
         }
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, proto: Proto) {
+        const FULL: (&str, &str) = ("server full", "server full, try again later");
         if self.clients.len() >= self.cfg.max_clients as usize {
-            return self.refuse(stream, peer, "server full", "server full, try again later");
+            return self.refuse(stream, peer, proto, FULL.0, FULL.1);
         }
         if self.clients.from_ip(peer.ip()) >= self.cfg.max_per_ip {
             return self.refuse(
                 stream,
                 peer,
+                proto,
                 "too many connections from address",
                 "too many connections from your address",
             );
         }
         let Some(slot) = self.clients.take_slot() else {
-            return self.refuse(stream, peer, "server full", "server full, try again later");
+            return self.refuse(stream, peer, proto, FULL.0, FULL.1);
         };
-        if let Err((e, stream)) = self.fork_child(slot, stream, peer) {
+        if let Err((e, stream)) = self.fork_child(slot, stream, peer, proto) {
             self.clients.return_slot(slot);
             error!(event = "fork_failed", peer = %peer, error = %e, "cannot start a child for {peer}: {e}");
             let reason = match e.downcast_ref::<nix::errno::Errno>() {
@@ -124,15 +131,26 @@ impl Master {
                 }
                 _ => "cannot start a child",
             };
-            self.refuse(stream, peer, reason, "server busy, try again later");
+            self.refuse(stream, peer, proto, reason, "server busy, try again later");
         }
     }
 
-    fn refuse(&mut self, mut stream: TcpStream, peer: SocketAddr, reason: &str, line: &str) {
+    fn refuse(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        proto: Proto,
+        reason: &str,
+        why: &str,
+    ) {
         self.stats.refused += 1;
         warn!(event = "refused", peer = %peer, reason, "refused {peer}: {reason}");
         let _ = stream.set_nonblocking(true);
-        let _ = stream.write_all(format!("{ERR}{line}\n").as_bytes());
+        let line = match proto {
+            Proto::Line => protocol::line::refusal(why),
+            Proto::Irc => protocol::irc::refusal(why),
+        };
+        let _ = stream.write_all(line.as_bytes());
         let _ = stream.shutdown(std::net::Shutdown::Both);
     }
 
@@ -164,6 +182,7 @@ impl Master {
         slot: usize,
         stream: TcpStream,
         peer: SocketAddr,
+        proto: Proto,
     ) -> Result<(), (anyhow::Error, TcpStream)> {
         if let Err(e) = self.configure_socket(&stream) {
             return Err((e.into(), stream));
@@ -198,8 +217,15 @@ impl Master {
         // The greeting waits in the child's control socket before the fork:
         // it comes before anything else the child reads there or relays, and
         // the child needs nothing the master allocated (see crate::arena).
-        let greeting = self.greeting(&nick, online);
-        for msg in ipc::frames(ipc::TEXT, greeting.as_bytes()) {
+        let setup = Setup {
+            server: self.cfg.server_name.clone(),
+            channel: self.cfg.irc_channel.clone(),
+            topic: self.cfg.topic.clone(),
+            motd: self.cfg.motd.clone(),
+            online,
+        };
+        let greeting = Event::new(Kind::Setup, &nick, &setup.to_text()).encode();
+        for msg in ipc::frames(ipc::EVENT, &greeting) {
             match ipc::send_raw(mine.as_fd(), &msg) {
                 Ok(true) => {}
                 Ok(false) => return Err((anyhow!("control socket full"), stream)),
@@ -210,7 +236,13 @@ impl Master {
         let spec = Spec {
             slot,
             client_id: id,
-            max_line: self.cfg.max_line,
+            proto,
+            max_line: match proto {
+                Proto::Line => self.cfg.max_line,
+                Proto::Irc => protocol::irc::MAX_LINE,
+            },
+            keepalive: self.cfg.keepalive,
+            registration_timeout: Duration::from_secs_f64(self.cfg.registration_timeout),
             max_sendq: self.cfg.max_sendq,
             flood_burst: self.cfg.flood_burst,
             flood_rate: self.cfg.flood_rate,
@@ -250,7 +282,7 @@ impl Master {
                 let watched = self
                     .epoll
                     .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id));
-                let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), mine);
+                let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), proto, mine);
                 if let Err(e) = watched {
                     // The child cannot be heard: end it; the reaper cleans up.
                     error!(event = "fork_failed", peer = %peer, error = %e, "cannot watch the child for {peer}: {e}");
@@ -264,32 +296,19 @@ impl Master {
                     client = serial,
                     pid = pid.as_raw(),
                     peer = %peer,
+                    protocol = ?proto,
                     nick = %nick,
                     "{nick} connected from {peer}"
                 );
-                self.relay
-                    .emit(id, format!("{NOTICE}{nick} joined\n").into_bytes());
+                // A line-protocol client is in the room at once; an IRC
+                // client joins once registered (a Join request).
+                if proto == Proto::Line {
+                    self.relay
+                        .emit(id, Event::new(Kind::Join, &nick, "").encode());
+                }
                 Ok(())
             }
         }
-    }
-
-    fn greeting(&self, nick: &str, online: usize) -> String {
-        let users = if online == 1 {
-            "1 user".to_string()
-        } else {
-            format!("{online} users")
-        };
-        let mut g = format!(
-            "{NOTICE}Welcome to {}! {users} online. You are {nick}. Type /help for commands.\n",
-            self.cfg.server_name
-        );
-        for l in self.cfg.motd.lines() {
-            g.push_str(NOTICE);
-            g.push_str(l);
-            g.push('\n');
-        }
-        g
     }
 }
 

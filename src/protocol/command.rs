@@ -11,6 +11,8 @@ pub enum Command<'a> {
     Me(&'a str),
     Nick(&'a str),
     Who,
+    /// `/msg NICK TEXT`: a private message.
+    Msg(&'a str, &'a str),
     Help,
     Quit(Option<&'a str>),
     /// A known command used wrongly: the usage to show.
@@ -25,6 +27,7 @@ pub const HELP: &[&str] = &[
     "  /nick NAME     change your nickname",
     "  /who           list the users online",
     "  /me ACTION     send an action (* you waves)",
+    "  /msg NICK TEXT send NICK a private message",
     "  /quit [REASON] leave the chat",
     "  /help          this help",
     "  //text         send a line starting with /",
@@ -52,6 +55,10 @@ pub fn parse(line: &str) -> Command<'_> {
             _ => Command::Usage("usage: /nick NAME"),
         },
         "who" | "names" => Command::Who,
+        "msg" | "query" => match arg.and_then(|a| a.split_once(char::is_whitespace)) {
+            Some((nick, text)) if !text.trim().is_empty() => Command::Msg(nick, text.trim()),
+            _ => Command::Usage("usage: /msg NICK TEXT"),
+        },
         "me" => match arg {
             Some(a) => Command::Me(a),
             None => Command::Usage("usage: /me ACTION"),
@@ -79,6 +86,8 @@ mod tests {
         assert_eq!(parse("/quit"), Command::Quit(None));
         assert_eq!(parse("/quit bye all"), Command::Quit(Some("bye all")));
         assert_eq!(parse("/who"), Command::Who);
+        assert_eq!(parse("/msg bob hi there"), Command::Msg("bob", "hi there"));
+        assert_eq!(parse("/msg bob"), Command::Usage("usage: /msg NICK TEXT"));
         assert_eq!(parse("/frob x"), Command::Unknown("frob"));
         assert_eq!(parse("/"), Command::Unknown(""));
     }

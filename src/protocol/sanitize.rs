@@ -31,6 +31,29 @@ pub fn check(line: &[u8]) -> Result<&str, Reject> {
     Ok(text)
 }
 
+/// IRC formatting codes: bold, colour, monospace, reverse, italic,
+/// strikethrough, underline, reset. IRC users may send them; IRC clients
+/// show them; the line protocol removes them (`protocol::line`).
+pub fn is_formatting(c: char) -> bool {
+    matches!(
+        c,
+        '\x02' | '\x03' | '\x0f' | '\x11' | '\x16' | '\x1d' | '\x1e' | '\x1f'
+    )
+}
+
+/// Like [`check`], but IRC formatting codes pass: what the relay log may
+/// carry (every reader renders or removes them).
+pub fn check_formatted(line: &[u8]) -> Result<&str, Reject> {
+    let text = std::str::from_utf8(line).map_err(|_| Reject::InvalidUtf8)?;
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && !is_formatting(c))
+    {
+        return Err(Reject::ControlChar);
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +70,20 @@ mod tests {
         assert_eq!(check(b"a\x7fb"), Err(Reject::ControlChar));
         assert_eq!(check("a\u{9b}b".as_bytes()), Err(Reject::ControlChar));
         assert_eq!(check(b"a\rb"), Err(Reject::ControlChar));
+    }
+
+    #[test]
+    fn formatting_passes_only_where_asked() {
+        assert_eq!(check(b"\x02b\x0f"), Err(Reject::ControlChar));
+        assert_eq!(
+            check_formatted(b"\x02b\x034,5c\x0f"),
+            Ok("\x02b\x034,5c\x0f")
+        );
+        assert_eq!(check_formatted(b"\x1b[2J"), Err(Reject::ControlChar));
+        assert_eq!(
+            check_formatted(b"\x01ACTION x\x01"),
+            Err(Reject::ControlChar)
+        );
     }
 
     #[test]

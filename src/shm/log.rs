@@ -1,9 +1,10 @@
 //! The relay log: the master writes, every child reads.
 //!
-//! Entries are `[pos][origin][len][payload, zero-padded]`: a formatted line
-//! (`<alice> hi\n`, `* bob joined\n`) and the client id it came from, which
-//! that client's child skips (no self-echo). The log's order is the one
-//! global order every client sees.
+//! Entries are `[pos][origin][len][payload, zero-padded]`: an encoded
+//! `protocol::event::Event` (what was said or done, by whom) and the client
+//! id it came from, which that client's child skips (no self-echo). Each
+//! child renders the payloads for its own protocol. The log's order is the
+//! one global order every client sees.
 //!
 //! Flow control: the master never writes past the lowest cursor of the
 //! children it still waits for ([`LogWriter::set_tail`]). A child that holds
@@ -130,18 +131,39 @@ impl LogReader {
         }
     }
 
-    /// Appends every new entry not from this client to `out`; returns the
-    /// number of entries read. On error, `out` is left as it was.
+    /// Appends the payload of every new entry not from this client to
+    /// `out`; returns the number of entries read. On error, `out` is left
+    /// as it was.
     pub fn drain(&mut self, out: &mut Vec<u8>) -> Result<usize, LogError> {
+        let mut scratch = Vec::new();
+        self.drain_with(out, &mut scratch, |p, out| out.extend_from_slice(p))
+    }
+
+    /// Like [`LogReader::drain`], but each payload is copied to `scratch`
+    /// and handed to `render`, which appends what the client is to read.
+    /// `render` may see torn data (the master overwrote an entry while it
+    /// was copied); that output is discarded, since the drain then fails
+    /// (evicted), so `render` must only not panic on any bytes.
+    pub fn drain_with(
+        &mut self,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        render: impl FnMut(&[u8], &mut Vec<u8>),
+    ) -> Result<usize, LogError> {
         let start_len = out.len();
-        let r = self.read_into(out);
+        let r = self.read_into(out, scratch, render);
         if r.is_err() {
             out.truncate(start_len);
         }
         r
     }
 
-    fn read_into(&mut self, out: &mut Vec<u8>) -> Result<usize, LogError> {
+    fn read_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        mut render: impl FnMut(&[u8], &mut Vec<u8>),
+    ) -> Result<usize, LogError> {
         let head = self.header.log_head.load(Acquire);
         if head == self.cursor {
             // Nothing new, but a reader the master gave up on must still
@@ -171,7 +193,9 @@ impl LogReader {
                 return Err(self.why("bad entry length"));
             }
             if origin != self.me {
-                read_bytes(self.log, w + 3, len as usize, out);
+                scratch.clear();
+                read_bytes(self.log, w + 3, len as usize, scratch);
+                render(scratch, out);
             }
             pos += entry_size(len as usize);
             n += 1;

@@ -25,16 +25,23 @@ const ENTRY_HEADER: u64 = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
-    /// Broadcast `<nick> text`.
+    /// Say the payload to the room.
     Chat = 1,
-    /// Broadcast `* nick text`.
+    /// Do the payload in the room (`/me`).
     Me = 2,
     /// Change nick to the payload.
     Nick = 3,
-    /// Reply with the list of users.
+    /// Reply with the nicks in the room; the payload is one byte, what the
+    /// list is for (`protocol::event::List`).
     Who = 4,
     /// The client is leaving; the payload is the reason.
     Quit = 5,
+    /// Put the client in the room.
+    Join = 6,
+    /// Take the client out of the room; the payload is the reason.
+    Part = 7,
+    /// A private message: `[flags][target length][target][text]`.
+    Private = 8,
 }
 
 impl Kind {
@@ -45,6 +52,9 @@ impl Kind {
             3 => Kind::Nick,
             4 => Kind::Who,
             5 => Kind::Quit,
+            6 => Kind::Join,
+            7 => Kind::Part,
+            8 => Kind::Private,
             _ => return None,
         })
     }

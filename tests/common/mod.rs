@@ -61,6 +61,8 @@ type Log = Arc<(Mutex<Vec<String>>, Condvar)>;
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The IRC listener, if any.
+    pub irc_addr: Option<SocketAddr>,
     pub log: Log,
     pub dir: TempDir,
     pub config_path: PathBuf,
@@ -70,11 +72,22 @@ pub struct Server {
 pub fn base_config() -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     m.insert("listen".into(), "[\"127.0.0.1:0\"]".into());
+    m.insert("irc_listen".into(), "[\"127.0.0.1:0\"]".into());
     m.insert("max_per_ip".into(), "100000".into());
     m.insert("flood_rate".into(), "0".into());
     // Tests run as root on CI, where no `chatd` user exists.
     m.insert("user".into(), "\"nobody\"".into());
     m
+}
+
+/// A config for a test: IRC on an ephemeral port unless it says otherwise
+/// (the built-in default, 6667, would collide between tests run at once).
+pub fn with_irc_port(config: &str) -> String {
+    if config.contains("irc_listen") {
+        config.to_string()
+    } else {
+        format!("{config}\nirc_listen = [\"127.0.0.1:0\"]\n")
+    }
 }
 
 pub fn render(cfg: &BTreeMap<String, String>) -> String {
@@ -104,7 +117,7 @@ impl Server {
     pub fn command(config: &str) -> (Command, TempDir, PathBuf) {
         let dir = TempDir::new();
         let config_path = dir.0.join("chatd.toml");
-        std::fs::write(&config_path, config).unwrap();
+        std::fs::write(&config_path, with_irc_port(config)).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(&config_path);
         (cmd, dir, config_path)
@@ -143,6 +156,7 @@ impl Server {
         let mut s = Server {
             child,
             addr: "127.0.0.1:1".parse().unwrap(),
+            irc_addr: None,
             log,
             dir,
             config_path,
@@ -153,12 +167,17 @@ impl Server {
             Client::from_stream(stream)
         });
         s.wait_log("event=\"ready\"");
-        let listen = s.find_log("event=\"listen\"").expect("listen event");
-        let addr = listen
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("address="))
-            .expect("address field");
-        s.addr = addr.parse().unwrap();
+        let address = |protocol: &str| {
+            let listen = s.find_log(&format!("protocol={protocol}"))?;
+            let a = listen
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("address="))
+                .expect("address field");
+            Some(a.parse::<SocketAddr>().unwrap())
+        };
+        let (line, irc) = (address("Line"), address("Irc"));
+        s.addr = line.expect("listen event");
+        s.irc_addr = irc;
         (s, first)
     }
 

@@ -68,7 +68,7 @@ impl Server {
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = [\"127.0.0.1:{port}\"]\nmax_clients = {}\n\
+                        "listen = [\"127.0.0.1:{port}\"]\nirc_listen = []\nmax_clients = {}\n\
                          max_per_ip = {}\nflood_rate = 0\nuser = \"nobody\"\n\
                          empty_dir = \"{}\"\n",
                         clients + 16,

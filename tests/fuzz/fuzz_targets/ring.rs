@@ -55,7 +55,16 @@ enum Op {
     },
 }
 
-const KINDS: [Kind; 5] = [Kind::Chat, Kind::Me, Kind::Nick, Kind::Who, Kind::Quit];
+const KINDS: [Kind; 8] = [
+    Kind::Chat,
+    Kind::Me,
+    Kind::Nick,
+    Kind::Who,
+    Kind::Quit,
+    Kind::Join,
+    Kind::Part,
+    Kind::Private,
+];
 
 fn region() -> &'static Region {
     static R: OnceLock<&'static Region> = OnceLock::new();
@@ -85,10 +94,13 @@ fn check_entry(kind: Kind, p: &[u8]) {
     match validate(kind, p) {
         Ok(Request::Line { text, .. }) => {
             assert!(text.len() <= MAX_LINE_LIMIT);
-            assert!(sanitize::check(&text).is_ok());
+            assert!(sanitize::check_formatted(text.as_bytes()).is_ok());
         }
-        Ok(Request::Nick(n)) | Ok(Request::Quit(n)) => {
+        Ok(Request::Nick(n)) => {
             assert!(sanitize::check(n.as_bytes()).is_ok());
+        }
+        Ok(Request::Quit(t)) | Ok(Request::Part(t)) | Ok(Request::Private { text: t, .. }) => {
+            assert!(sanitize::check_formatted(t.as_bytes()).is_ok());
         }
         _ => {}
     }
