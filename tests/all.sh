@@ -10,6 +10,11 @@ command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v ss >/dev/null || need+=(iproute2)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v lintian >/dev/null || need+=(lintian)
+# Real IRC clients for tests/clients.rs.
+command -v ii >/dev/null || need+=(ii)
+command -v weechat-headless >/dev/null || need+=(weechat-headless)
+command -v irssi >/dev/null || need+=(irssi)
+command -v tmux >/dev/null || need+=(tmux)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

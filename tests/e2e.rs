@@ -120,6 +120,40 @@ fn assert_confined(status: &str, uid: &str, who: &str) {
     assert_eq!(s["CapBnd"], "0000000000000000", "{who} CapBnd");
 }
 
+/// ii, a real IRC client, on chatd-irc.socket: it joins the room, talks
+/// with a line client (`line`, called alice) and quits with a reason.
+fn irc_client_on_the_package_port(irc_port: u16, line: &mut Client) {
+    let dir = common::TempDir::new();
+    let mut ii = Command::new("ii")
+        .args([
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &irc_port.to_string(),
+            "-n",
+            "iiuser",
+            "-i",
+        ])
+        .arg(&dir.0)
+        .spawn()
+        .expect("ii (tests/all.sh installs it)");
+    line.expect("* iiuser joined");
+    let chan = dir.0.join("127.0.0.1").join("#chatd");
+    line.send("hello over irc\n");
+    let seen = wait_for(WAIT, || {
+        std::fs::read_to_string(chan.join("out"))
+            .ok()
+            .filter(|t| t.contains("<alice> hello over irc"))
+    });
+    std::fs::write(chan.join("in"), "hi from ii\n").unwrap();
+    line.expect("<iiuser> hi from ii");
+    std::fs::write(dir.0.join("127.0.0.1").join("in"), "/q done\n").unwrap();
+    line.expect("* iiuser left (done)");
+    let _ = ii.kill();
+    let _ = ii.wait();
+    assert!(seen.is_some(), "ii never saw alice's line");
+}
+
 #[test]
 #[ignore = "needs a systemd container: deploy/container.sh run -- cargo test --test e2e -- --ignored"]
 fn debian_package_on_real_systemd() {
@@ -127,15 +161,18 @@ fn debian_package_on_real_systemd() {
     let deb = std::env::var("CHATD_E2E_DEB").expect("CHATD_E2E_DEB=path of the chatd .deb");
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let irc_port = free_port();
 
     step(
         1,
         "dpkg -i; chatd user, chatd.socket enabled and listening, service not started",
     );
     ct.sh(&format!(
-        "mkdir -p /etc/systemd/system/chatd.socket.d && \
+        "mkdir -p /etc/systemd/system/chatd.socket.d /etc/systemd/system/chatd-irc.socket.d && \
          printf '[Socket]\\nListenStream=\\nListenStream=127.0.0.1:{port}\\n' \
-         > /etc/systemd/system/chatd.socket.d/port.conf"
+         > /etc/systemd/system/chatd.socket.d/port.conf && \
+         printf '[Socket]\\nListenStream=\\nListenStream=127.0.0.1:{irc_port}\\n' \
+         > /etc/systemd/system/chatd-irc.socket.d/port.conf"
     ));
     let out = Command::new("bash")
         .arg(&ct.exec)
@@ -151,6 +188,11 @@ fn debian_package_on_real_systemd() {
     assert_eq!(
         ct.prop("chatd.socket", "Listen"),
         format!("127.0.0.1:{port} (Stream)")
+    );
+    assert_eq!(ct.sh("systemctl is-enabled chatd-irc.socket"), "enabled");
+    assert_eq!(
+        ct.prop("chatd-irc.socket", "Listen"),
+        format!("127.0.0.1:{irc_port} (Stream)")
     );
     assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
     assert!(
@@ -201,6 +243,8 @@ fn debian_package_on_real_systemd() {
         "6",
         "children get Landlock in the container: {landlock}"
     );
+
+    irc_client_on_the_package_port(irc_port, &mut a);
 
     step(
         3,
@@ -380,6 +424,11 @@ fn debian_package_on_real_systemd() {
         ct.chatd_pids(),
         Vec::<i32>::new(),
         "chatd processes after stop"
+    );
+    assert_eq!(ct.sh("systemctl is-enabled chatd-irc.socket"), "enabled");
+    assert_eq!(
+        ct.prop("chatd-irc.socket", "Listen"),
+        format!("127.0.0.1:{irc_port} (Stream)")
     );
     assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
     assert_eq!(ct.prop("chatd.service", "Result"), "success");

@@ -3,55 +3,8 @@
 //! and hostile input in IRC terms.
 
 mod common;
+use common::irc::{line_client, Irc};
 use common::*;
-
-/// An IRC client speaking raw protocol.
-struct Irc(Client);
-
-impl Irc {
-    fn connect(server: &Server) -> Irc {
-        Irc(Client::connect(server.irc_addr.expect("IRC listener")))
-    }
-
-    fn send(&mut self, line: &str) {
-        self.0.send(&format!("{line}\r\n"));
-    }
-
-    /// The next line that contains `needle`, without CR LF.
-    fn expect(&mut self, needle: &str) -> String {
-        self.0.expect(needle).trim_end_matches('\r').to_string()
-    }
-
-    /// Lines up to and including the first that contains `needle`.
-    fn until(&mut self, needle: &str) -> Vec<String> {
-        let mut seen = Vec::new();
-        self.0.read_until(needle, &mut seen);
-        seen.iter()
-            .map(|l| l.trim_end_matches('\r').to_string())
-            .collect()
-    }
-
-    /// Registers as `nick` the way WeeChat does (CAP LS, NICK, USER, CAP
-    /// END) and reads up to the end of the automatic join.
-    fn register(server: &Server, nick: &str) -> Irc {
-        let mut c = Irc::connect(server);
-        c.send("CAP LS 302");
-        c.send(&format!("NICK {nick}"));
-        c.send(&format!("USER {nick} 0 * :{nick} real"));
-        c.send("CAP END");
-        c.expect(&format!(" 001 {nick} :Welcome"));
-        c.expect(" 366 ");
-        c
-    }
-}
-
-/// A line client with the nick `nick`.
-fn line_client(server: &Server, nick: &str) -> Client {
-    let (mut c, _) = server.join();
-    c.send(&format!("/nick {nick}\n"));
-    c.expect("you are now");
-    c
-}
 
 #[test]
 fn registration_follows_what_clients_expect() {
@@ -299,4 +252,42 @@ fn irc_clients_in_use_nick_retry_before_registration() {
     c.expect(" 001 taken_ :Welcome");
     c.send("NICK bad!nick");
     c.expect(" 432 taken_ bad!nick");
+}
+
+#[test]
+fn irc_floods_are_delayed_not_dropped() {
+    let server = Server::start(&[("flood_burst", "5"), ("flood_rate", "20.0")]);
+    let mut bob = line_client(&server, "bob");
+    let mut watcher = Irc::register(&server, "watcher");
+    let mut flooder = Irc::register(&server, "flooder");
+    // 40 PINGs and 20 PART/JOIN pairs at once: flood control holds the
+    // lines back (told once), and every one is answered in order.
+    let mut burst = String::new();
+    for i in 0..40 {
+        burst.push_str(&format!("PING :p{i}\r\n"));
+    }
+    for _ in 0..20 {
+        burst.push_str("PART #chatd\r\nJOIN #chatd\r\n");
+    }
+    flooder.0.send(&burst);
+    // Meanwhile the room is not held up.
+    bob.send("the room goes on\n");
+    watcher.expect(":bob!bob@chatd PRIVMSG #chatd :the room goes on");
+    let lines = flooder.until("PONG chatd :p39");
+    let pongs: Vec<&String> = lines.iter().filter(|l| l.contains(" PONG ")).collect();
+    assert_eq!(pongs.len(), 40, "{lines:#?}");
+    for (i, l) in pongs.iter().enumerate() {
+        assert!(l.ends_with(&format!(":p{i}")), "{l}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("NOTICE flooder :flood control")),
+        "the flooder is told once: {lines:#?}"
+    );
+    for _ in 0..20 {
+        watcher.expect(":flooder!flooder@chatd PART #chatd");
+        watcher.expect(":flooder!flooder@chatd JOIN :#chatd");
+    }
+    flooder.expect(" 366 flooder #chatd");
 }

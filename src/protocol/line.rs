@@ -27,13 +27,11 @@ pub fn greeting(s: &Setup, nick: &str, out: &mut Vec<u8>) {
     } else {
         format!("{} users", s.online)
     };
-    out.extend_from_slice(
-        format!(
-            "{NOTICE}Welcome to {}! {users} online. You are {nick}. Type /help for commands.\n",
-            s.server
-        )
-        .as_bytes(),
+    let welcome = format!(
+        "Welcome to {}! {users} online. You are {nick}. Type /help for commands.",
+        s.server
     );
+    line(out, NOTICE, &[&welcome]);
     for l in s.motd.lines() {
         line(out, NOTICE, &[l]);
     }
@@ -44,11 +42,11 @@ pub fn refusal(why: &str) -> String {
     format!("{ERR}{why}\n")
 }
 
-/// Appends `prefix`, the parts, and a newline.
+/// Appends `prefix`, the parts without IRC formatting codes, and a newline.
 fn line(out: &mut Vec<u8>, prefix: &str, parts: &[&str]) {
     out.extend_from_slice(prefix.as_bytes());
     for p in parts {
-        out.extend_from_slice(p.as_bytes());
+        strip_formatting(p, out);
     }
     out.push(b'\n');
 }
@@ -79,14 +77,6 @@ pub fn strip_formatting(text: &str, out: &mut Vec<u8>) {
 /// How many ASCII digits (at most two) `b` starts with.
 fn digits(b: &[u8]) -> usize {
     b.iter().take(2).take_while(|c| c.is_ascii_digit()).count()
-}
-
-fn text_line(out: &mut Vec<u8>, prefix: &[&str], text: &str) {
-    for p in prefix {
-        out.extend_from_slice(p.as_bytes());
-    }
-    strip_formatting(text, out);
-    out.push(b'\n');
 }
 
 impl Session for Line {
@@ -146,18 +136,18 @@ impl Session for Line {
     fn on_event(&mut self, ev: &Event, out: &mut Vec<u8>, _asks: &mut Vec<Ask>) {
         let (n, t) = (ev.nick, ev.text);
         match ev.kind {
-            Kind::Chat => text_line(out, &["<", n, "> "], t),
-            Kind::Action => text_line(out, &[NOTICE, n, " "], t),
+            Kind::Chat => line(out, "<", &[n, "> ", t]),
+            Kind::Action => line(out, NOTICE, &[n, " ", t]),
             Kind::Join => line(out, NOTICE, &[n, " joined"]),
             Kind::Part if t.is_empty() => line(out, NOTICE, &[n, " left the room"]),
-            Kind::Part => text_line(out, &[NOTICE, n, " left the room ("], &format!("{t})")),
-            Kind::Quit => text_line(out, &[NOTICE, n, " left ("], &format!("{t})")),
+            Kind::Part => line(out, NOTICE, &[n, " left the room (", t, ")"]),
+            Kind::Quit => line(out, NOTICE, &[n, " left (", t, ")"]),
             Kind::Nick => line(out, NOTICE, &[n, " is now ", t]),
-            Kind::Notice => text_line(out, &[NOTICE], t),
+            Kind::Notice => line(out, NOTICE, &[t]),
             Kind::Private if ev.flags & event::PRIV_ACTION != 0 => {
-                text_line(out, &["[private] ", NOTICE, n, " "], t)
+                line(out, "[private] ", &[NOTICE, n, " ", t])
             }
-            Kind::Private => text_line(out, &["[private] <", n, "> "], t),
+            Kind::Private => line(out, "[private] <", &[n, "> ", t]),
             Kind::NickOk => line(out, NOTICE, &["you are now ", t]),
             Kind::NickError => line(out, ERR, &["nick ", n, " ", t]),
             Kind::NoSuchNick => line(out, ERR, &["no such nick: ", n]),

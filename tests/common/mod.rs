@@ -7,6 +7,8 @@
 //! client with timeouts. Every wait polls a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod irc;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
