@@ -3,6 +3,7 @@
 //! the fault hook. The faults themselves are in tests/faults.rs.
 
 mod common;
+use common::irc::Irc;
 use common::*;
 use std::process::Command;
 
@@ -24,9 +25,13 @@ fn root_start_drops_to_the_service_user_in_the_empty_root() {
     let (mut a, _) = server.join();
     let (mut b, b_nick) = server.join();
     a.expect(&format!("{b_nick} joined"));
-
-    let child = *server.children().first().expect("a child");
-    for pid in [server.pid(), child] {
+    // An IRC client's child is confined the same way (its parser runs in it).
+    let mut irc = Irc::register(&server, "ircuser");
+    a.expect("ircuser joined");
+    let children = server.children();
+    assert_eq!(children.len(), 3, "{children:?}");
+    let child = children[0];
+    for &pid in [server.pid()].iter().chain(&children) {
         assert_confined(pid, NOBODY);
         let s = proc_status(pid);
         assert_eq!(s["Gid"], "65534\t65534\t65534\t65534", "pid {pid} Gid");
@@ -37,7 +42,22 @@ fn root_start_drops_to_the_service_user_in_the_empty_root() {
     }
     // The child stacks its own filter on the master's.
     assert_eq!(proc_status(server.pid())["Seccomp_filters"], "1");
-    assert_eq!(proc_status(child)["Seccomp_filters"], "2");
+    for &c in &children {
+        assert_eq!(proc_status(c)["Seccomp_filters"], "2", "child {c}");
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{c}/fd"))
+            .unwrap()
+            .map(|e| {
+                e.unwrap()
+                    .file_name()
+                    .into_string()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        fds.sort();
+        assert_eq!(fds, [0, 2, 3, 4, 5], "child {c} fds");
+    }
     // The empty root was created root-owned and not writable by others.
     let meta = std::fs::metadata(&empty).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -66,10 +86,13 @@ fn root_start_drops_to_the_service_user_in_the_empty_root() {
         assert_eq!(soft_hard, [value, value], "{name}");
     }
     // `ps` tells the children apart, and none keeps the master's stack.
-    assert_children_titled_on_own_stack(server.pid(), &[&a, &b]);
+    assert_children_titled_on_own_stack(server.pid(), &[&a, &b, &irc.0]);
     // And chat works through all of it.
     b.send("confined hello\n");
     a.expect(&format!("<{b_nick}> confined hello"));
+    irc.expect(&format!(
+        ":{b_nick}!{b_nick}@chatd PRIVMSG #chatd :confined hello"
+    ));
 }
 
 #[test]

@@ -208,6 +208,9 @@ fn long_lines_split_for_irc_and_too_long_irc_lines_are_refused() {
     alice.expect(" 417 alice");
     alice.send("PRIVMSG bob,bob,bob,bob,bob :many");
     alice.expect(" 407 alice");
+    // As many targets as fit in one line: one 407, nothing sent.
+    alice.send(&format!("PRIVMSG {}bob :many", "a,".repeat(240)));
+    alice.expect(" 407 alice");
     alice.send(&format!("WHO {}", "x ".repeat(200)));
     alice.expect(" 315 alice");
     // Control characters: refused, never forwarded.

@@ -43,7 +43,12 @@ pub struct Spec {
     pub churners: usize,
     /// Senders stop after this long (the seed is slow).
     pub max_secs: f64,
+    /// Speak IRC: register, join `#chatd`, send PRIVMSGs, answer PINGs.
+    pub irc: bool,
 }
+
+/// The channel IRC scenarios use (chatd's default `irc_channel`).
+const CHANNEL: &str = "#chatd";
 
 /// After the senders stop, a run ends when everything has arrived, or
 /// when nothing has arrived for this long (a lossy server), or after 10 s.
@@ -144,6 +149,8 @@ struct Run<'a> {
     out: Outcome,
     last_rx: Instant,
     probe_seen: Vec<bool>,
+    /// PINGs to answer: (client id, token).
+    pongs: Vec<(u32, Vec<u8>)>,
 }
 
 fn now_us(start: Instant) -> u64 {
@@ -180,7 +187,23 @@ impl<'a> Run<'a> {
         let size = self.spec.size;
         let c = self.conns[idx].as_mut().unwrap();
         let had = !c.out.is_empty();
+        if self.spec.irc {
+            c.out
+                .extend_from_slice(format!("PRIVMSG {CHANNEL} :").as_bytes());
+        }
         marker::encode(&mut c.out, sender, seq, t, size);
+        if !had {
+            self.flush(idx);
+        }
+    }
+
+    /// Queues raw bytes (IRC registration, PONG).
+    fn queue_raw(&mut self, idx: usize, bytes: &[u8]) {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return;
+        };
+        let had = !c.out.is_empty();
+        c.out.extend_from_slice(bytes);
         if !had {
             self.flush(idx);
         }
@@ -256,6 +279,13 @@ impl<'a> Run<'a> {
     }
 
     fn line(&mut self, c: &Conn, raw: &[u8], arrival_us: Option<u64>) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if self.spec.irc {
+            if let Some(token) = raw.strip_prefix(b"PING ") {
+                self.pongs.push((c.id, token.to_vec()));
+                return;
+            }
+        }
         // The seed pads every message with NULs to 1024 bytes; drop them.
         let cleaned;
         let line = if raw.contains(&0) {
@@ -409,12 +439,19 @@ pub fn run(server: &Server, spec: &Spec) -> Result<Outcome> {
         out: Outcome::default(),
         last_rx: Instant::now(),
         probe_seen: vec![false; stable],
+        pongs: Vec::new(),
     };
     let mut lag = 0;
     for i in 0..stable {
         let s = TcpStream::connect(server.addr).context("connect")?;
         server.pace(i, &mut lag);
         let idx = run.add(s, i as u32, Some(i))?;
+        if spec.irc {
+            // chatd joins a registered client itself (and answers this
+            // early JOIN with 451); ngircd needs the JOIN.
+            let hello = format!("NICK b{i}\r\nUSER b{i} 0 * :bench\r\nJOIN {CHANNEL}\r\n");
+            run.queue_raw(idx, hello.as_bytes());
+        }
         if i < spec.senders {
             run.senders.push(Sender {
                 conn: idx,
@@ -623,6 +660,20 @@ fn poll_once(run: &mut Run, events: &mut [EpollEvent], buf: &mut [u8], ms: u16) 
             .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR)
         {
             run.read(idx, buf);
+        }
+    }
+    // Servers ping idle IRC clients; a run outlasting the ping timeout
+    // must answer (rare: one scan of the connections per PING).
+    for (id, token) in std::mem::take(&mut run.pongs) {
+        let idx = run
+            .conns
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.id == id));
+        if let Some(idx) = idx {
+            let mut pong = b"PONG ".to_vec();
+            pong.extend_from_slice(&token);
+            pong.extend_from_slice(b"\r\n");
+            run.queue_raw(idx, &pong);
         }
     }
     Ok(())

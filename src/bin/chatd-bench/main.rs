@@ -69,6 +69,14 @@ struct Cli {
     /// Suite: seconds each sending phase may last.
     #[arg(long, default_value_t = 4.0)]
     max_secs: f64,
+    /// Suite: another chatd binary (the previous release) to run the
+    /// line-protocol fan-out scenarios on too, for a same-run comparison.
+    #[arg(long, value_name = "PATH")]
+    previous: Option<PathBuf>,
+    /// Suite: leave out the IRC scenarios (chatd's IRC port against Debian's
+    /// ngircd, which must be installed: apt-get install ngircd).
+    #[arg(long)]
+    no_irc: bool,
 }
 
 #[derive(Args, Clone)]
@@ -80,7 +88,7 @@ struct Target {
     #[arg(long, global = true, default_value = "../shared/seed")]
     seed_dir: PathBuf,
     /// Subcommands: which server to start.
-    #[arg(long, global = true, default_value = "chatd", value_parser = ["chatd", "seed", "floor"])]
+    #[arg(long, global = true, default_value = "chatd", value_parser = ["chatd", "seed", "floor", "ngircd"])]
     server: String,
     /// Subcommands: use a server already listening here instead.
     #[arg(long, global = true)]
@@ -112,6 +120,9 @@ struct FanoutArgs {
     churn: usize,
     #[arg(long, default_value_t = 10.0)]
     max_secs: f64,
+    /// Speak IRC (register, join, PRIVMSG) to chatd's IRC port or ngircd.
+    #[arg(long)]
+    irc: bool,
 }
 
 impl FanoutArgs {
@@ -130,6 +141,7 @@ impl FanoutArgs {
             ),
             churners: self.churn,
             max_secs: self.max_secs,
+            irc: self.irc,
         }
     }
 }
@@ -200,6 +212,7 @@ fn kind(t: &Target) -> Result<Kind> {
     Ok(match t.server.as_str() {
         "seed" => Kind::Seed(server::build_seed(&t.seed_dir)?),
         "floor" => Kind::Floor,
+        "ngircd" => Kind::Ngircd(server::find_ngircd()?),
         _ => Kind::Chatd(chatd_path(t)?),
     })
 }
@@ -212,7 +225,10 @@ fn main() -> Result<()> {
         Some(Cmd::Fanout(ref args)) => {
             let spec = args.spec();
             let k = kind(&cli.target)?;
-            let s = Server::start(&k, spec.clients)?;
+            if spec.irc && spec.churners > 0 {
+                bail!("--irc has no churn scenario");
+            }
+            let s = Server::start_proto(&k, spec.clients, spec.irc)?;
             let o = fanout::run(&s, &spec)?;
             out!("{}", fanout_json(&o))?;
             Ok(())
@@ -331,6 +347,7 @@ fn scenarios(max_secs: f64) -> Vec<(&'static str, Spec)> {
         mode: Mode::Closed { window: 8 },
         churners: 0,
         max_secs,
+        irc: false,
     };
     vec![
         ("closed N=100 K=10 S=64 W=8", base.clone()),
@@ -362,8 +379,25 @@ fn scenarios(max_secs: f64) -> Vec<(&'static str, Spec)> {
     ]
 }
 
+/// The IRC scenarios: chatd's IRC port against ngircd.
+fn irc_scenarios(max_secs: f64) -> Vec<(&'static str, Spec)> {
+    let names = [
+        "irc closed N=100 K=10 S=64 W=8",
+        "irc open N=100 K=10 R=100/s",
+    ];
+    scenarios(max_secs)
+        .into_iter()
+        .take(2)
+        .zip(names)
+        .map(|((_, spec), name)| (name, Spec { irc: true, ..spec }))
+        .collect()
+}
+
 fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     let mut kinds = vec![Kind::Chatd(chatd_path(&cli.target)?)];
+    if let Some(p) = &cli.previous {
+        kinds.push(Kind::Previous(p.clone()));
+    }
     if !cli.no_seed {
         kinds.push(Kind::Seed(server::build_seed(&cli.target.seed_dir)?));
     }
@@ -380,15 +414,35 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     eprintln!("  {wake_summary}");
     for (name, spec) in scenarios(cli.max_secs) {
         for (i, k) in kinds.iter().enumerate() {
+            // The previous release is compared on fan-out without churn.
+            if matches!(k, Kind::Previous(_)) && spec.churners > 0 {
+                continue;
+            }
             eprintln!("{name}: {}", k.name());
             let v = in_own_process(k, &cli.target, &fanout_args(&spec))?;
             eprintln!("  {v}");
             results[i].insert(name.into(), v);
         }
     }
+    // IRC: chatd's IRC port and ngircd, in a table of their own.
+    let mut irc_kinds = vec![kinds[0].clone()];
+    if !cli.no_irc {
+        irc_kinds.push(Kind::Ngircd(server::find_ngircd()?));
+    }
+    let mut irc_results: Vec<Map<String, Value>> = vec![Map::new(); irc_kinds.len()];
+    if !cli.no_irc {
+        for (name, spec) in irc_scenarios(cli.max_secs) {
+            for (i, k) in irc_kinds.iter().enumerate() {
+                eprintln!("{name}: {}", k.name());
+                let v = in_own_process(k, &cli.target, &fanout_args(&spec))?;
+                eprintln!("  {v}");
+                irc_results[i].insert(name.into(), v);
+            }
+        }
+    }
     // The floor is a yardstick for fan-out only.
     for (i, k) in kinds.iter().enumerate() {
-        if matches!(k, Kind::Floor) {
+        if matches!(k, Kind::Floor | Kind::Previous(_)) {
             continue;
         }
         eprintln!("storm 1000: {}", k.name());
@@ -412,6 +466,7 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
             mode: Mode::Closed { window: 8 },
             churners: 0,
             max_secs: cli.max_secs,
+            irc: false,
         };
         let o = fanout::run(&s, &spec)?;
         let mut v = fanout_json(&o);
@@ -424,6 +479,10 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         results[0].insert("crowd 4000 (100 chatting)".into(), v);
     }
     print_table(&kinds, &results)?;
+    if !cli.no_irc {
+        out!("")?;
+        print_table(&irc_kinds, &irc_results)?;
+    }
     out!("before the runs, {noise_summary}")?;
     out!("and {wake_summary}")?;
     let mut all = Map::new();
@@ -432,6 +491,12 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     all.insert("wakes".into(), wake_json);
     for (i, k) in kinds.iter().enumerate() {
         all.insert(k.name().into(), Value::Object(results[i].clone()));
+    }
+    for (i, k) in irc_kinds.iter().enumerate() {
+        let entry = all.entry(k.name()).or_insert_with(|| json!({}));
+        if let Value::Object(m) = entry {
+            m.extend(irc_results[i].clone());
+        }
     }
     out!("{}", Value::Object(all))?;
     Ok(())
@@ -461,13 +526,16 @@ fn own_process(args: &[String]) -> Result<String> {
 fn in_own_process(k: &Kind, t: &Target, scenario: &[String]) -> Result<Value> {
     let mut args = scenario.to_vec();
     let server = match k {
-        Kind::Chatd(p) => vec!["chatd".into(), "--chatd".into(), p.display().to_string()],
+        Kind::Chatd(p) | Kind::Previous(p) => {
+            vec!["chatd".into(), "--chatd".into(), p.display().to_string()]
+        }
         Kind::Seed(_) => vec![
             "seed".into(),
             "--seed-dir".into(),
             t.seed_dir.display().to_string(),
         ],
         Kind::Floor => vec!["floor".into()],
+        Kind::Ngircd(_) => vec!["ngircd".into()],
         Kind::External(..) => bail!("the suite starts its own servers"),
     };
     args.push("--server".into());
@@ -499,6 +567,9 @@ fn fanout_args(spec: &Spec) -> Vec<String> {
         a.push(v);
     }
     a.extend(mode);
+    if spec.irc {
+        a.push("--irc".into());
+    }
     a
 }
 
@@ -603,19 +674,50 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
         0,
     ),
     ("crowd 4000 (100 chatting)", "loss %", "loss_pct", 2),
+    (
+        "irc closed N=100 K=10 S=64 W=8",
+        "deliveries/s",
+        "deliveries_per_s",
+        0,
+    ),
+    (
+        "irc closed N=100 K=10 S=64 W=8",
+        "deliveries/server CPU-s",
+        "deliveries_per_server_cpu_s",
+        0,
+    ),
+    (
+        "irc closed N=100 K=10 S=64 W=8",
+        "p99 latency ms",
+        "p99_ms",
+        2,
+    ),
+    ("irc closed N=100 K=10 S=64 W=8", "loss %", "loss_pct", 2),
+    (
+        "irc closed N=100 K=10 S=64 W=8",
+        "self-echo",
+        "self_echo",
+        0,
+    ),
+    ("irc open N=100 K=10 R=100/s", "p50 latency ms", "p50_ms", 3),
+    ("irc open N=100 K=10 R=100/s", "p99 latency ms", "p99_ms", 3),
+    ("irc open N=100 K=10 R=100/s", "max latency ms", "max_ms", 3),
+    ("irc open N=100 K=10 R=100/s", "loss %", "loss_pct", 2),
 ];
 
 /// Columns: chatd, the seed and chatd/seed (when the seed ran), then the
 /// floor (when it ran; fan-out rows only).
+/// One table: chatd's figures, then each other server's, with the ratio
+/// chatd/X beside the anchors (the previous release, the seed, ngircd; not
+/// the floor, which is a ceiling, not a rival).
 fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) -> Result<()> {
-    let col = |name: &str| kinds.iter().position(|k| k.name() == name);
-    let (seed, floor) = (col("seed"), col("floor"));
-    let mut header = format!("{:<28} {:<26} {:>12}", "scenario", "figure", "chatd");
-    if seed.is_some() {
-        header.push_str(&format!(" {:>12} {:>10}", "seed", "chatd/seed"));
-    }
-    if floor.is_some() {
-        header.push_str(&format!(" {:>12}", "floor"));
+    let ratio = |k: &Kind| !matches!(k, Kind::Floor);
+    let mut header = format!("{:<30} {:<26} {:>12}", "scenario", "figure", "chatd");
+    for k in &kinds[1..] {
+        header.push_str(&format!(" {:>12}", k.name()));
+        if ratio(k) {
+            header.push_str(&format!(" {:>14}", format!("chatd/{}", k.name())));
+        }
     }
     out!("{header}")?;
     out!("{}", "-".repeat(header.len()))?;
@@ -640,16 +742,15 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) -> Result<()> {
             Some(v) => format!(" {:>12.*}", dec, v),
             None => format!(" {:>12}", "-"),
         };
-        let mut row = format!("{name:<28} {label:<26}{}", cell(vals[0]));
-        if let Some(i) = seed {
-            row.push_str(&cell(vals[i]));
-            match (vals[0], vals[i]) {
-                (Some(a), Some(b)) if b != 0.0 => row.push_str(&format!(" {:>10.2}", a / b)),
-                _ => row.push_str(&format!(" {:>10}", "-")),
+        let mut row = format!("{name:<30} {label:<26}{}", cell(vals[0]));
+        for (k, v) in kinds[1..].iter().zip(&vals[1..]) {
+            row.push_str(&cell(*v));
+            if ratio(k) {
+                match (vals[0], *v) {
+                    (Some(a), Some(b)) if b != 0.0 => row.push_str(&format!(" {:>14.2}", a / b)),
+                    _ => row.push_str(&format!(" {:>14}", "-")),
+                }
             }
-        }
-        if let Some(i) = floor {
-            row.push_str(&cell(vals[i]));
         }
         out!("{}", row.trim_end())?;
     }
@@ -664,7 +765,7 @@ mod tests {
     /// get exactly the scenario the suite means.
     #[test]
     fn every_scenario_survives_the_trip_through_the_command_line() {
-        for (name, spec) in scenarios(4.0) {
+        for (name, spec) in scenarios(4.0).into_iter().chain(irc_scenarios(4.0)) {
             let mut argv = vec!["chatd-bench".to_string()];
             argv.extend(fanout_args(&spec));
             let cli = Cli::try_parse_from(&argv).unwrap();

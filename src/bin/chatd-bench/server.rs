@@ -1,7 +1,9 @@
 //! The servers under test: chatd (started with a benchmark config), the
-//! seed (`chat_shm_quiet_2000`, built with `make` in its directory) and the
-//! floor (`floor.rs`), each on a free loopback port, or any server already
-//! listening (`--addr`).
+//! seed (`chat_shm_quiet_2000`, built with `make` in its directory), the
+//! floor (`floor.rs`) and Debian's ngircd (an IRC anchor, started in the
+//! foreground with its flood limits off), each on a free loopback port, or
+//! any server already listening (`--addr`). chatd is benchmarked on its
+//! line-protocol port or, for IRC scenarios, on its IRC port.
 //! Also what /proc says about a server's process tree: CPU time, PSS and
 //! page tables of the master and every child.
 
@@ -16,8 +18,11 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 pub enum Kind {
     Chatd(PathBuf),
+    /// Another chatd binary (the previous release), compared side by side.
+    Previous(PathBuf),
     Seed(PathBuf),
     Floor,
+    Ngircd(PathBuf),
     External(SocketAddr, Option<i32>),
 }
 
@@ -25,8 +30,10 @@ impl Kind {
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Chatd(_) => "chatd",
+            Kind::Previous(_) => "previous",
             Kind::Seed(_) => "seed",
             Kind::Floor => "floor",
+            Kind::Ngircd(_) => "ngircd",
             Kind::External(..) => "server",
         }
     }
@@ -46,9 +53,52 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Whether this chatd binary has IRC (`--irc-listen`): a binary from before
+/// it rejects the `irc_listen` key, and the bench also compares releases.
+fn chatd_speaks_irc(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--irc-listen"))
+}
+
+/// ngircd's configuration for a benchmark: loopback, no DNS or ident
+/// lookups, no per-client penalties (flood limits), long ping timeouts.
+fn ngircd_config(port: u16, dir: &Path) -> String {
+    format!(
+        "[Global]\nName = bench.ngircd\nInfo = chatd-bench anchor\nListen = 127.0.0.1\n\
+         Ports = {port}\nPidFile = {}\n\
+         [Limits]\nMaxConnections = 0\nMaxConnectionsIP = 0\nMaxJoins = 0\n\
+         MaxNickLength = 24\nMaxPenaltyTime = 0\nPingTimeout = 3600\nPongTimeout = 3600\n\
+         [Options]\nDNS = no\nIdent = no\nPAM = no\n",
+        dir.join("ngircd.pid").display()
+    )
+}
+
+/// Finds Debian's ngircd.
+pub fn find_ngircd() -> Result<PathBuf> {
+    for p in ["/usr/sbin/ngircd", "/usr/bin/ngircd"] {
+        if Path::new(p).exists() {
+            return Ok(p.into());
+        }
+    }
+    bail!(
+        "ngircd is not installed (apt-get install ngircd; the bench never uses the system service)"
+    )
+}
+
 impl Server {
-    /// Starts a fresh server of `kind` able to hold `clients` clients.
+    /// Starts a fresh server of `kind` able to hold `clients` clients, for
+    /// the line protocol.
     pub fn start(kind: &Kind, clients: usize) -> Result<Server> {
+        Server::start_proto(kind, clients, false)
+    }
+
+    /// Starts a fresh server; with `irc`, its address is the IRC port.
+    pub fn start_proto(kind: &Kind, clients: usize, irc: bool) -> Result<Server> {
+        if irc && matches!(kind, Kind::Seed(_) | Kind::Floor) {
+            bail!("{} does not speak IRC", kind.name());
+        }
         let (mut cmd, dir) = match kind {
             Kind::External(addr, pid) => {
                 return Ok(Server {
@@ -59,16 +109,23 @@ impl Server {
                     dir: None,
                 })
             }
-            Kind::Chatd(bin) => {
+            Kind::Chatd(bin) | Kind::Previous(bin) => {
                 let dir = std::env::temp_dir().join(format!("chatd-bench-{}", std::process::id()));
                 std::fs::create_dir_all(&dir)?;
-                let port = free_port()?;
+                let (line_port, irc_port) = (free_port()?, free_port()?);
                 let config = dir.join("chatd.toml");
+                let irc_listen = if irc {
+                    format!("irc_listen = [\"127.0.0.1:{irc_port}\"]\n")
+                } else if chatd_speaks_irc(bin) {
+                    "irc_listen = []\n".to_string()
+                } else {
+                    String::new()
+                };
                 // Flood control off, room for everyone, from one address.
                 std::fs::write(
                     &config,
                     format!(
-                        "listen = [\"127.0.0.1:{port}\"]\nirc_listen = []\nmax_clients = {}\n\
+                        "listen = [\"127.0.0.1:{line_port}\"]\n{irc_listen}max_clients = {}\n\
                          max_per_ip = {}\nflood_rate = 0\nuser = \"nobody\"\n\
                          empty_dir = \"{}\"\n",
                         clients + 16,
@@ -76,6 +133,7 @@ impl Server {
                         dir.join("empty").display()
                     ),
                 )?;
+                let port = if irc { irc_port } else { line_port };
                 let mut c = Command::new(bin);
                 c.arg("--config").arg(&config);
                 (c, Some((dir, port)))
@@ -86,6 +144,17 @@ impl Server {
                 let mut c = Command::new(bin);
                 c.args(["127.0.0.1", &port.to_string()]);
                 (c, Some((std::env::temp_dir(), port)))
+            }
+            Kind::Ngircd(bin) => {
+                let dir =
+                    std::env::temp_dir().join(format!("chatd-bench-ngircd-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)?;
+                let port = free_port()?;
+                let config = dir.join("ngircd.conf");
+                std::fs::write(&config, ngircd_config(port, &dir))?;
+                let mut c = Command::new(bin);
+                c.arg("--nodaemon").arg("--config").arg(&config);
+                (c, Some((dir, port)))
             }
             Kind::Floor => {
                 let port = free_port()?;
@@ -103,11 +172,12 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", kind.name()))?;
         let pid = child.id() as i32;
-        let own_dir = matches!(kind, Kind::Chatd(_)).then_some(dir);
+        let own_dir =
+            matches!(kind, Kind::Chatd(_) | Kind::Previous(_) | Kind::Ngircd(_)).then_some(dir);
         let mut server = Server {
             addr,
             pid: Some(pid),
-            forks: !matches!(kind, Kind::Floor),
+            forks: !matches!(kind, Kind::Floor | Kind::Ngircd(_)),
             child: Some(child),
             dir: own_dir,
         };

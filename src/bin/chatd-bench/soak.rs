@@ -47,6 +47,7 @@ fn shapes(max_secs: f64) -> [Spec; 3] {
             mode: Mode::Closed { window: 8 },
             churners: 6,
             max_secs,
+            irc: false,
         },
         Spec {
             clients: 60,
@@ -56,6 +57,7 @@ fn shapes(max_secs: f64) -> [Spec; 3] {
             mode: Mode::Open { rate: 100.0 },
             churners: 6,
             max_secs,
+            irc: false,
         },
         Spec {
             clients: 100,
@@ -65,6 +67,7 @@ fn shapes(max_secs: f64) -> [Spec; 3] {
             mode: Mode::Closed { window: 4 },
             churners: 0,
             max_secs,
+            irc: false,
         },
     ]
 }
