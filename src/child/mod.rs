@@ -264,28 +264,39 @@ impl Child {
         }
     }
 
-    /// Appends what the session asked for to the ring. Room for
-    /// [`Session::max_asks`] entries was checked before the line was taken;
-    /// what a reply makes the session ask (a join after registration) is
-    /// small and waits for room if it must.
+    /// Appends what the session asked for to the ring, in order. Room for
+    /// [`Session::max_asks`] entries was checked before a line was taken;
+    /// what a reply makes the session ask (the join after registration)
+    /// waits here if the ring is full, and no line is taken meanwhile.
     fn push_asks(&mut self) {
-        for ask in self.asks.drain(..) {
-            let (kind, payload) = match ask {
-                Ask::Chat(t) => (Kind::Chat, t.into_bytes()),
-                Ask::Action(t) => (Kind::Me, t.into_bytes()),
-                Ask::Nick(n) => (Kind::Nick, n.into_bytes()),
-                Ask::List(l) => (Kind::Who, vec![l as u8]),
-                Ask::Join => (Kind::Join, Vec::new()),
-                Ask::Part(r) => (Kind::Part, r.into_bytes()),
+        let mut pushed = 0;
+        for ask in &self.asks {
+            let (private, list);
+            let (kind, payload): (Kind, &[u8]) = match ask {
+                Ask::Chat(t) => (Kind::Chat, t.as_bytes()),
+                Ask::Action(t) => (Kind::Me, t.as_bytes()),
+                Ask::Nick(n) => (Kind::Nick, n.as_bytes()),
+                Ask::List(l) => {
+                    list = [*l as u8];
+                    (Kind::Who, &list)
+                }
+                Ask::Join => (Kind::Join, &[]),
+                Ask::Part(r) => (Kind::Part, r.as_bytes()),
                 Ask::Private {
                     flags,
                     target,
                     text,
-                } => (Kind::Private, private_payload(flags, &target, &text)),
+                } => {
+                    private = private_payload(*flags, target, text);
+                    (Kind::Private, &private)
+                }
             };
-            let pushed = self.ring.push(kind, &payload);
-            debug_assert!(pushed, "room was checked before taking the line");
+            if !self.ring.push(kind, payload) {
+                break;
+            }
+            pushed += 1;
         }
+        self.asks.drain(..pushed);
     }
 
     /// Runs the session's timers (IRC keepalive and registration).
@@ -360,17 +371,21 @@ impl Child {
         asks * entry_size(self.spec.max_line + ASK_OVERHEAD) + QUIT_RESERVE
     }
 
-    /// Whether the next line may be processed now (ring room, flood tokens).
+    /// Whether the next line may be processed now (ring room, nothing
+    /// waiting for it, flood tokens).
     fn may_take_line(&mut self) -> bool {
-        self.ring.free() >= self.room_for_line() && self.flood.wait() == Duration::ZERO
+        self.asks.is_empty()
+            && self.ring.free() >= self.room_for_line()
+            && self.flood.wait() == Duration::ZERO
     }
 
     /// Processes complete input lines while the ring and flood control allow.
     fn handle_lines(&mut self) -> Option<Exit> {
         // One clock read per batch, not per line.
         let now = Instant::now();
+        self.push_asks();
         loop {
-            if self.ring.free() < self.room_for_line() {
+            if !self.asks.is_empty() || self.ring.free() < self.room_for_line() {
                 return None;
             }
             if !self.flood.take(now) {

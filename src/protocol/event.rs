@@ -172,18 +172,16 @@ impl<'a> Event<'a> {
             return None;
         }
         let nick = std::str::from_utf8(&rest[..n]).ok()?;
-        let text = std::str::from_utf8(&rest[n..]).ok()?;
         // What every renderer may pass on: no control character in a nick;
         // in a text only tab and IRC formatting codes (and the set-up's
         // line breaks).
-        let allowed = |c: char| c == '\t' || super::sanitize::is_formatting(c);
-        if nick.chars().any(char::is_control)
-            || text
-                .chars()
-                .any(|c| c.is_control() && !allowed(c) && !(kind == Kind::Setup && c == '\n'))
-        {
+        if nick.chars().any(char::is_control) {
             return None;
         }
+        let text = super::sanitize::check_allowing(&rest[n..], |c| {
+            super::sanitize::is_formatting(c) || (kind == Kind::Setup && c == '\n')
+        })
+        .ok()?;
         Some(Event {
             kind,
             flags,

@@ -24,8 +24,17 @@ impl Reject {
 
 /// Validates a line and returns it as text.
 pub fn check(line: &[u8]) -> Result<&str, Reject> {
+    check_allowing(line, |_| false)
+}
+
+/// Validates a line in which the control characters `allowed` says yes to
+/// may appear (besides tab).
+pub fn check_allowing(line: &[u8], allowed: impl Fn(char) -> bool) -> Result<&str, Reject> {
     let text = std::str::from_utf8(line).map_err(|_| Reject::InvalidUtf8)?;
-    if text.chars().any(|c| c.is_control() && c != '\t') {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\t' && !allowed(c))
+    {
         return Err(Reject::ControlChar);
     }
     Ok(text)
@@ -44,14 +53,7 @@ pub fn is_formatting(c: char) -> bool {
 /// Like [`check`], but IRC formatting codes pass: what the relay log may
 /// carry (every reader renders or removes them).
 pub fn check_formatted(line: &[u8]) -> Result<&str, Reject> {
-    let text = std::str::from_utf8(line).map_err(|_| Reject::InvalidUtf8)?;
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\t' && !is_formatting(c))
-    {
-        return Err(Reject::ControlChar);
-    }
-    Ok(text)
+    check_allowing(line, is_formatting)
 }
 
 #[cfg(test)]

@@ -288,14 +288,7 @@ impl Irc {
 /// Whether an IRC line may be handled: UTF-8, and no control character
 /// but tab, the formatting codes and CTCP's 0x01.
 fn check_line(raw: &[u8]) -> Result<&str, sanitize::Reject> {
-    let text = std::str::from_utf8(raw).map_err(|_| sanitize::Reject::InvalidUtf8)?;
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\t' && c != '\x01' && !sanitize::is_formatting(c))
-    {
-        return Err(sanitize::Reject::ControlChar);
-    }
-    Ok(text)
+    sanitize::check_allowing(raw, |c| c == '\x01' || sanitize::is_formatting(c))
 }
 
 impl Session for Irc {
