@@ -126,6 +126,9 @@ pub struct Event<'a> {
     pub flags: u8,
     pub nick: &'a str,
     pub text: &'a str,
+    /// Decoding found no control byte at all (no formatting code, no tab):
+    /// a renderer may copy the text as it is. False when not decoded.
+    pub plain: bool,
 }
 
 /// Longest nick field (nicks are shorter; the field has a byte of length).
@@ -140,6 +143,7 @@ impl<'a> Event<'a> {
             flags: 0,
             nick,
             text,
+            plain: false,
         }
     }
 
@@ -164,29 +168,35 @@ impl<'a> Event<'a> {
     }
 
     /// Decodes a payload; `None` if it is not a well-formed event.
+    ///
+    /// Every child decodes every relayed entry, so the common case is one
+    /// UTF-8 pass and one byte scan over nick and text together.
     pub fn decode(p: &'a [u8]) -> Option<Event<'a>> {
         let (&[kind, flags, n], rest) = p.split_first_chunk::<HEADER>()?;
         let kind = Kind::from_u8(kind)?;
         let n = n as usize;
-        if rest.len() < n {
+        let all = std::str::from_utf8(rest).ok()?;
+        if !all.is_char_boundary(n) {
             return None;
         }
-        let nick = std::str::from_utf8(&rest[..n]).ok()?;
+        let (nick, text) = all.split_at(n);
+        let plain = !super::sanitize::may_hold_control(rest);
         // What every renderer may pass on: no control character in a nick;
         // in a text only tab and IRC formatting codes (and the set-up's
         // line breaks).
-        if nick.chars().any(char::is_control) {
-            return None;
+        if !plain {
+            super::sanitize::check(nick.as_bytes()).ok()?;
+            super::sanitize::check_allowing(text.as_bytes(), |c| {
+                super::sanitize::is_formatting(c) || (kind == Kind::Setup && c == '\n')
+            })
+            .ok()?;
         }
-        let text = super::sanitize::check_allowing(&rest[n..], |c| {
-            super::sanitize::is_formatting(c) || (kind == Kind::Setup && c == '\n')
-        })
-        .ok()?;
         Some(Event {
             kind,
             flags,
             nick,
             text,
+            plain,
         })
     }
 }
@@ -230,9 +240,18 @@ mod tests {
     #[test]
     fn round_trip() {
         let e = Event::new(Kind::Nick, "alice", "bob").with_flags(7);
-        assert_eq!(Event::decode(&e.encode()), Some(e));
-        let e = Event::new(Kind::Notice, "", "server shutting down");
-        assert_eq!(Event::decode(&e.encode()), Some(e));
+        let p = e.encode();
+        let d = Event::decode(&p).unwrap();
+        assert_eq!(
+            (d.kind, d.flags, d.nick, d.text, d.plain),
+            (e.kind, 7, "alice", "bob", true)
+        );
+        let e = Event::new(Kind::Chat, "a", "\x02bold\x02\ttab");
+        let p = e.encode();
+        let d = Event::decode(&p).unwrap();
+        assert_eq!((d.text, d.plain), (e.text, false));
+        // A nick split inside a character does not decode.
+        assert_eq!(Event::decode(&[1, 0, 1, 0xc3, 0xa9]), None);
     }
 
     #[test]

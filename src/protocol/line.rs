@@ -55,6 +55,11 @@ fn line(out: &mut Vec<u8>, prefix: &str, parts: &[&str]) {
 /// digits, reset, reverse, italic, underline, strike, monospace).
 pub fn strip_formatting(text: &str, out: &mut Vec<u8>) {
     let b = text.as_bytes();
+    // Most text has no control byte at all: one copy.
+    if !sanitize::has_c0(b) {
+        out.extend_from_slice(b);
+        return;
+    }
     let mut i = 0;
     while i < b.len() {
         match b[i] {
@@ -136,6 +141,12 @@ impl Session for Line {
     fn on_event(&mut self, ev: &Event, out: &mut Vec<u8>, _asks: &mut Vec<Ask>) {
         let (n, t) = (ev.nick, ev.text);
         match ev.kind {
+            // The hot path: most lines are chat without a control byte.
+            Kind::Chat if ev.plain => {
+                for part in ["<", n, "> ", t, "\n"] {
+                    out.extend_from_slice(part.as_bytes());
+                }
+            }
             Kind::Chat => line(out, "<", &[n, "> ", t]),
             Kind::Action => line(out, NOTICE, &[n, " ", t]),
             Kind::Join => line(out, NOTICE, &[n, " joined"]),

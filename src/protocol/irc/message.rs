@@ -86,9 +86,17 @@ pub fn parse(line: &str) -> Option<Message<'_>> {
 /// longer than [`MAX_LINE`] is cut at a character boundary (callers split
 /// what must not be cut: chat text, name lists).
 pub fn write(out: &mut Vec<u8>, prefix: &str, command: &str, params: &[&str]) {
+    write_parts(out, &[prefix], command, params);
+}
+
+/// [`write`] with the prefix in pieces (`nick`, `!`, `nick`, `@`, `host`):
+/// no allocation on the way from the relay log to a client.
+pub fn write_parts(out: &mut Vec<u8>, prefix: &[&str], command: &str, params: &[&str]) {
     let start = out.len();
     out.push(b':');
-    out.extend_from_slice(prefix.as_bytes());
+    for p in prefix {
+        out.extend_from_slice(p.as_bytes());
+    }
     out.push(b' ');
     out.extend_from_slice(command.as_bytes());
     if let Some((last, middle)) = params.split_last() {

@@ -12,7 +12,7 @@ pub mod message;
 
 use super::event::{self, Event, Kind, List, Setup};
 use super::{sanitize, Ask, Leave, Session};
-use message::write;
+use message::{write, write_parts};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -113,7 +113,12 @@ impl Irc {
     }
 
     fn user_prefix(&self, nick: &str) -> String {
-        format!("{nick}!{nick}@{}", self.server)
+        self.from(nick).concat()
+    }
+
+    /// A user's prefix, `nick!nick@server`, in pieces for [`write_parts`].
+    fn from<'a>(&'a self, nick: &'a str) -> [&'a str; 5] {
+        [nick, "!", nick, "@", &self.server]
     }
 
     fn is_channel(&self, name: &str) -> bool {
@@ -183,7 +188,9 @@ impl Irc {
 
     /// 353 lines (split to fit) and 366.
     fn names(&self, out: &mut Vec<u8>, nicks: &str) {
-        let room = MAX_LINE - self.server.len() - self.target().len() - self.channel.len() - 16;
+        let room = MAX_LINE
+            .saturating_sub(self.server.len() + self.target().len() + self.channel.len() + 16)
+            .max(64);
         let mut line = String::new();
         for n in nicks.split(' ').filter(|n| !n.is_empty()) {
             if !line.is_empty() && line.len() + 1 + n.len() > room {
@@ -211,9 +218,10 @@ impl Irc {
         text: &str,
         ctcp: bool,
     ) {
-        let prefix = self.user_prefix(from);
-        let room =
-            MAX_LINE - prefix.len() - command.len() - to.len() - 6 - if ctcp { 9 } else { 0 };
+        let prefix = self.from(from);
+        let prefix_len: usize = prefix.iter().map(|p| p.len()).sum();
+        let ctcp_len = if ctcp { 9 } else { 0 };
+        let room = MAX_LINE.saturating_sub(prefix_len + command.len() + to.len() + 6 + ctcp_len);
         for piece in message::split(text, room) {
             let body;
             let t = if ctcp {
@@ -222,7 +230,7 @@ impl Irc {
             } else {
                 piece
             };
-            write(out, &prefix, command, &[to, t]);
+            write_parts(out, &prefix, command, &[to, t]);
         }
     }
 
@@ -336,15 +344,15 @@ impl Session for Irc {
         match ev.kind {
             Kind::Chat => self.privmsg(out, n, "PRIVMSG", &self.channel, t, false),
             Kind::Action => self.privmsg(out, n, "PRIVMSG", &self.channel, t, true),
-            Kind::Join => write(out, &self.user_prefix(n), "JOIN", &[&self.channel]),
+            Kind::Join => write_parts(out, &self.from(n), "JOIN", &[&self.channel]),
             Kind::Part => {
-                write(out, &self.user_prefix(n), "PART", &[&self.channel, t]);
+                write_parts(out, &self.from(n), "PART", &[&self.channel, t]);
                 if n == self.nick {
                     self.joined = false;
                 }
             }
-            Kind::Quit => write(out, &self.user_prefix(n), "QUIT", &[t]),
-            Kind::Nick => write(out, &self.user_prefix(n), "NICK", &[t]),
+            Kind::Quit => write_parts(out, &self.from(n), "QUIT", &[t]),
+            Kind::Nick => write_parts(out, &self.from(n), "NICK", &[t]),
             Kind::Notice => write(out, &self.server, "NOTICE", &[&self.channel, t]),
             Kind::Private => {
                 let notice = ev.flags & event::PRIV_NOTICE != 0;
