@@ -428,6 +428,9 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     let mut irc_kinds = vec![kinds[0].clone()];
     if !cli.no_irc {
         irc_kinds.push(Kind::Ngircd(server::find_ngircd()?));
+        if !cli.no_floor {
+            irc_kinds.push(Kind::Floor);
+        }
     }
     let mut irc_results: Vec<Map<String, Value>> = vec![Map::new(); irc_kinds.len()];
     if !cli.no_irc {

@@ -96,7 +96,9 @@ impl Server {
 
     /// Starts a fresh server; with `irc`, its address is the IRC port.
     pub fn start_proto(kind: &Kind, clients: usize, irc: bool) -> Result<Server> {
-        if irc && matches!(kind, Kind::Seed(_) | Kind::Floor) {
+        // The floor relays any line as it is, IRC commands too: a ceiling
+        // for IRC-sized lines as well.
+        if irc && matches!(kind, Kind::Seed(_)) {
             bail!("{} does not speak IRC", kind.name());
         }
         let (mut cmd, dir) = match kind {
