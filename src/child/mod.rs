@@ -213,13 +213,15 @@ impl Child {
             if let Err(e) = self.read_client() {
                 return e;
             }
-            if let Some(e) = self.handle_lines() {
+            // One clock read per turn of the loop, for every timer in it.
+            let now = Instant::now();
+            if let Some(e) = self.handle_lines(now) {
                 return e;
             }
-            if let Some(e) = self.check_line_timeout() {
+            if let Some(e) = self.check_line_timeout(now) {
                 return e;
             }
-            if let Some(e) = self.check_session_deadline() {
+            if let Some(e) = self.check_session_deadline(now) {
                 return e;
             }
             if self.ring.publish() {
@@ -231,7 +233,7 @@ impl Child {
             if self.client_eof && self.lines.pending() == 0 {
                 return Exit::Closed("connection closed");
             }
-            if let Err(e) = self.wait() {
+            if let Err(e) = self.wait(now) {
                 return e;
             }
         }
@@ -300,10 +302,9 @@ impl Child {
     }
 
     /// Runs the session's timers (IRC keepalive and registration).
-    fn check_session_deadline(&mut self) -> Option<Exit> {
+    fn check_session_deadline(&mut self, now: Instant) -> Option<Exit> {
         let s = &mut self.session;
         let due = s.deadline()?;
-        let now = Instant::now();
         if due > now {
             return None;
         }
@@ -338,7 +339,7 @@ impl Child {
 
     /// Starts or stops the clock of a line being received, and ends a client
     /// whose line has taken longer than `line_timeout` (slowloris).
-    fn check_line_timeout(&mut self) -> Option<Exit> {
+    fn check_line_timeout(&mut self, now: Instant) -> Option<Exit> {
         let limit = self.spec.line_timeout?;
         if !self.lines.in_partial_line() {
             self.partial_since = None;
@@ -347,7 +348,6 @@ impl Child {
         // A line that ended since the clock started, even in the same read
         // as this one's first byte, gives this one a clock of its own.
         let line = self.lines.ended();
-        let now = Instant::now();
         let since = match self.partial_since {
             Some((l, since)) if l == line => since,
             _ => {
@@ -359,10 +359,10 @@ impl Child {
     }
 
     /// How long the child may sleep before the line timeout expires.
-    fn line_deadline(&self) -> Option<Duration> {
+    fn line_deadline(&self, now: Instant) -> Option<Duration> {
         let (_, since) = self.partial_since?;
         let limit = self.spec.line_timeout?;
-        Some((since + limit).saturating_duration_since(Instant::now()))
+        Some((since + limit).saturating_duration_since(now))
     }
 
     /// Ring room the next line may need: its session's most entries.
@@ -380,9 +380,7 @@ impl Child {
     }
 
     /// Processes complete input lines while the ring and flood control allow.
-    fn handle_lines(&mut self) -> Option<Exit> {
-        // One clock read per batch, not per line.
-        let now = Instant::now();
+    fn handle_lines(&mut self, now: Instant) -> Option<Exit> {
         self.push_asks();
         loop {
             if !self.asks.is_empty() || self.ring.free() < self.room_for_line() {
@@ -469,8 +467,10 @@ impl Child {
         Ok(())
     }
 
-    /// Sleeps in epoll_wait until the client, the master or a timer needs us.
-    fn wait(&mut self) -> Result<(), Exit> {
+    /// Sleeps in epoll_wait until the client, the master or a timer needs
+    /// us. `now` is this turn's clock reading: a timeout computed from it
+    /// is late by the turn's work at most (microseconds).
+    fn wait(&mut self, now: Instant) -> Result<(), Exit> {
         let want_read = !self.client_eof;
         let can_take = self.may_take_line();
         let pending_lines = can_take && self.lines.has_line();
@@ -484,8 +484,8 @@ impl Child {
         let session = self
             .session
             .deadline()
-            .map(|t| t.saturating_duration_since(Instant::now()));
-        let timeout = match [flood, self.line_deadline(), session]
+            .map(|t| t.saturating_duration_since(now));
+        let timeout = match [flood, self.line_deadline(now), session]
             .into_iter()
             .flatten()
             .min()
