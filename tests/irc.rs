@@ -248,6 +248,12 @@ fn irc_clients_in_use_nick_retry_before_registration() {
     let server = Server::start(&[]);
     let _a = Irc::register(&server, "taken");
     let mut c = Irc::connect(&server);
+    // Not registered yet: nobody can write to its guest nick.
+    let mut bob = line_client(&server, "bob");
+    let guest = server.wait_log("protocol=Irc nick=guest-2");
+    assert!(guest.contains("guest-2"), "{guest}");
+    bob.send("/msg guest-2 hello?\n");
+    bob.expect("! no such nick: guest-2");
     c.send("NICK TAKEN");
     c.send("USER x 0 * :x");
     c.expect(" 433 * TAKEN :Nickname is already in use");

@@ -28,6 +28,9 @@ pub struct Client {
     /// In the room: sees and is seen in it. A line-protocol client is from
     /// the start; an IRC client once registered, until it parts.
     pub in_room: bool,
+    /// Others may address it: a line-protocol client from the start, an
+    /// IRC client once registered (its first join).
+    pub registered: bool,
     pub ctl: OwnedFd,
     /// The control socket is still registered with epoll.
     pub ctl_open: bool,
@@ -93,9 +96,16 @@ impl Clients {
         self.live.is_empty()
     }
 
-    /// Clients that have not left yet (what users call "online").
+    /// Clients that have not left yet (connected).
     pub fn online(&self) -> usize {
         self.iter().filter(|c| c.leaving.is_none()).count()
+    }
+
+    /// Clients in the room (what the greeting calls "online").
+    pub fn in_room(&self) -> usize {
+        self.iter()
+            .filter(|c| c.leaving.is_none() && c.in_room)
+            .count()
     }
 
     pub fn capacity(&self) -> usize {
@@ -198,11 +208,13 @@ impl Clients {
         Ok(old)
     }
 
-    /// The slot of the client called `name` (any case), if it is online.
+    /// The slot of the client called `name` (any case), if it is online
+    /// and registered (an IRC client's guest nick before it registers is
+    /// nobody's to write to).
     pub fn find_nick(&self, name: &str) -> Option<usize> {
         let slot = *self.nicks.get(&nick::fold(name))?;
         self.get(slot)
-            .filter(|c| c.leaving.is_none())
+            .filter(|c| c.leaving.is_none() && c.registered)
             .map(|c| c.slot)
     }
 
@@ -239,6 +251,7 @@ pub fn new_client(
         nick,
         proto,
         in_room: proto == Proto::Line,
+        registered: proto == Proto::Line,
         ctl,
         ctl_open: true,
         outbox: VecDeque::new(),

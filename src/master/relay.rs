@@ -370,7 +370,9 @@ impl Master {
             }
             Request::Join => {
                 if !in_room {
-                    self.clients.get_mut(slot).unwrap().in_room = true;
+                    let c = self.clients.get_mut(slot).unwrap();
+                    c.in_room = true;
+                    c.registered = true;
                     self.relay
                         .emit(id, Event::new(Kind::Join, &nick_now, "").encode());
                 }

@@ -213,7 +213,7 @@ impl Master {
         let serial = self.stats.connects + 1;
         // Users cannot choose guest-* nicks, and serials never repeat.
         let nick = format!("guest-{serial}");
-        let online = self.clients.online() + 1;
+        let online = self.clients.in_room() + 1;
         // The greeting waits in the child's control socket before the fork:
         // it comes before anything else the child reads there or relays, and
         // the child needs nothing the master allocated (see crate::arena).
