@@ -34,6 +34,7 @@ use super::Master;
 use crate::config::MAX_LINE_LIMIT;
 use crate::ipc;
 use crate::protocol::event::{self, Event, Kind, List};
+use crate::protocol::Ask;
 use crate::shm::log::LogWriter;
 use crate::shm::ring::{Corrupt, RingReader};
 use crate::shm::{Region, LOG_BYTES};
@@ -307,7 +308,8 @@ impl Master {
                         return Ok(false);
                     }
                     match validate(kind, &payload)? {
-                        Request::Line { action, text } => self.relay_line(slot, action, &text),
+                        Request::Ask(Ask::Chat(text)) => self.relay_line(slot, false, &text),
+                        Request::Ask(Ask::Action(text)) => self.relay_line(slot, true, &text),
                         other => self.handle_request(slot, other),
                     }
                     reader.advance();
@@ -345,8 +347,9 @@ impl Master {
             return;
         }
         match req {
-            Request::Line { action, text } => self.relay_line(slot, action, &text),
-            Request::Nick(new) => match self.clients.rename(slot, &new) {
+            Request::Ask(Ask::Chat(text)) => self.relay_line(slot, false, &text),
+            Request::Ask(Ask::Action(text)) => self.relay_line(slot, true, &text),
+            Request::Ask(Ask::Nick(new)) => match self.clients.rename(slot, &new) {
                 Ok(old) if old == new => {}
                 Ok(old) => {
                     info!(event = "nick", client = serial, nick = %new, old_nick = %old, "{old} is now {new}");
@@ -361,14 +364,14 @@ impl Master {
                     self.send_event(slot, ev);
                 }
             },
-            Request::List(list) => {
+            Request::Ask(Ask::List(list)) => {
                 let nicks = self.clients.nicks_in_room().join(" ");
                 self.send_event(
                     slot,
                     Event::new(Kind::Names, "", &nicks).with_flags(list as u8),
                 );
             }
-            Request::Join => {
+            Request::Ask(Ask::Join) => {
                 if !in_room {
                     let c = self.clients.get_mut(slot).unwrap();
                     c.in_room = true;
@@ -380,7 +383,7 @@ impl Master {
                 let ev = Event::new(Kind::Names, "", &nicks).with_flags(List::Joined as u8);
                 self.send_event(slot, ev);
             }
-            Request::Part(reason) => {
+            Request::Ask(Ask::Part(reason)) => {
                 if in_room {
                     self.clients.get_mut(slot).unwrap().in_room = false;
                     // To everyone, the client too: it sees its own part.
@@ -388,11 +391,11 @@ impl Master {
                         .emit(0, Event::new(Kind::Part, &nick_now, &reason).encode());
                 }
             }
-            Request::Private {
+            Request::Ask(Ask::Private {
                 flags,
                 target,
                 text,
-            } => match self.clients.find_nick(&target) {
+            }) => match self.clients.find_nick(&target) {
                 Some(to) => {
                     let ev = Event::new(Kind::Private, &nick_now, &text).with_flags(flags);
                     self.send_event(to, ev);

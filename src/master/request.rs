@@ -9,27 +9,16 @@
 
 use crate::config::{MAX_LINE_LIMIT, MAX_NICK};
 use crate::protocol::event::List;
-use crate::protocol::{nick, sanitize};
+use crate::protocol::{nick, sanitize, Ask};
 use crate::shm::ring::{Corrupt, Kind};
 
-/// What one ring entry asked for, once validated.
+/// What one ring entry asked for, once validated: what the child's
+/// session asked ([`Ask`]), or the child's last word.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request {
-    /// A chat line, or with `action` a `/me` line.
-    Line {
-        action: bool,
-        text: String,
-    },
-    Nick(String),
-    List(List),
+    Ask(Ask),
+    /// The client is gone; the reason.
     Quit(String),
-    Join,
-    Part(String),
-    Private {
-        flags: u8,
-        target: String,
-        text: String,
-    },
 }
 
 /// The payload of a [`Kind::Private`] entry.
@@ -52,29 +41,23 @@ pub fn validate(kind: Kind, payload: &[u8]) -> Result<Request, Corrupt> {
             .map(str::to_string)
             .map_err(|_| Corrupt("unsanitised text"))
     };
-    Ok(match kind {
-        Kind::Chat => Request::Line {
-            action: false,
-            text: text(payload)?,
-        },
-        Kind::Me => Request::Line {
-            action: true,
-            text: text(payload)?,
-        },
+    Ok(Request::Ask(match kind {
+        Kind::Chat => Ask::Chat(text(payload)?),
+        Kind::Me => Ask::Action(text(payload)?),
         Kind::Nick => {
             let n = text(payload)?;
             nick::validate(&n).map_err(|_| Corrupt("invalid nick"))?;
-            Request::Nick(n)
+            Ask::Nick(n)
         }
         Kind::Who => match payload {
-            [] => Request::List(List::Who),
-            [b] => Request::List(List::from_u8(*b).ok_or(Corrupt("unknown list"))?),
+            [] => Ask::List(List::Who),
+            [b] => Ask::List(List::from_u8(*b).ok_or(Corrupt("unknown list"))?),
             _ => return Err(Corrupt("bad list request")),
         },
-        Kind::Quit => Request::Quit(text(payload)?),
-        Kind::Join if payload.is_empty() => Request::Join,
+        Kind::Quit => return Ok(Request::Quit(text(payload)?)),
+        Kind::Join if payload.is_empty() => Ask::Join,
         Kind::Join => return Err(Corrupt("join with a payload")),
-        Kind::Part => Request::Part(text(payload)?),
+        Kind::Part => Ask::Part(text(payload)?),
         Kind::Private => {
             let (&[flags, n], rest) = payload
                 .split_first_chunk::<2>()
@@ -87,13 +70,13 @@ pub fn validate(kind: Kind, payload: &[u8]) -> Result<Request, Corrupt> {
             if target.contains(char::is_whitespace) {
                 return Err(Corrupt("bad private message target"));
             }
-            Request::Private {
+            Ask::Private {
                 flags: flags & 3,
                 target,
                 text: text(&rest[n..])?,
             }
         }
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -105,11 +88,11 @@ mod tests {
         let p = private_payload(1, "bob", "\x02hi");
         assert_eq!(
             validate(Kind::Private, &p),
-            Ok(Request::Private {
+            Ok(Request::Ask(Ask::Private {
                 flags: 1,
                 target: "bob".into(),
                 text: "\x02hi".into()
-            })
+            }))
         );
         assert!(validate(Kind::Private, &private_payload(0, "", "x")).is_err());
         assert!(validate(Kind::Private, &private_payload(0, "a b", "x")).is_err());
@@ -119,10 +102,11 @@ mod tests {
 
     #[test]
     fn lists_and_joins() {
-        assert_eq!(validate(Kind::Who, &[]), Ok(Request::List(List::Who)));
-        assert_eq!(validate(Kind::Who, &[1]), Ok(Request::List(List::Names)));
+        let ask = |a| Ok(Request::Ask(a));
+        assert_eq!(validate(Kind::Who, &[]), ask(Ask::List(List::Who)));
+        assert_eq!(validate(Kind::Who, &[1]), ask(Ask::List(List::Names)));
         assert!(validate(Kind::Who, &[99]).is_err());
-        assert_eq!(validate(Kind::Join, &[]), Ok(Request::Join));
+        assert_eq!(validate(Kind::Join, &[]), ask(Ask::Join));
         assert!(validate(Kind::Join, b"x").is_err());
     }
 }

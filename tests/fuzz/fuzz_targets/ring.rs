@@ -19,6 +19,7 @@
 use chatd::config::MAX_LINE_LIMIT;
 use chatd::master::request::{validate, Request};
 use chatd::protocol::sanitize;
+use chatd::protocol::Ask;
 use chatd::shm::ring::{Kind, RingReader, RingWriter, MAX_PAYLOAD};
 use chatd::shm::Region;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -92,14 +93,18 @@ fn payload(len: usize, fill: u8, n: usize) -> Vec<u8> {
 fn check_entry(kind: Kind, p: &[u8]) {
     assert!(p.len() <= MAX_PAYLOAD);
     match validate(kind, p) {
-        Ok(Request::Line { text, .. }) => {
+        Ok(Request::Ask(Ask::Chat(text) | Ask::Action(text))) => {
             assert!(text.len() <= MAX_LINE_LIMIT);
             assert!(sanitize::check_formatted(text.as_bytes()).is_ok());
         }
-        Ok(Request::Nick(n)) => {
+        Ok(Request::Ask(Ask::Nick(n))) => {
             assert!(sanitize::check(n.as_bytes()).is_ok());
         }
-        Ok(Request::Quit(t)) | Ok(Request::Part(t)) | Ok(Request::Private { text: t, .. }) => {
+        Ok(
+            Request::Quit(t)
+            | Request::Ask(Ask::Part(t))
+            | Request::Ask(Ask::Private { text: t, .. }),
+        ) => {
             assert!(sanitize::check_formatted(t.as_bytes()).is_ok());
         }
         _ => {}
