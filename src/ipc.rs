@@ -3,13 +3,12 @@
 //! The socketpair carries only small replies and notifications; chat data
 //! goes through shared memory, and the master wakes children through one
 //! shared eventfd (see `master::relay`). A message is one datagram: a tag
-//! byte, then a body: bytes for the client (`TEXT`) or an encoded
-//! `protocol::event::Event` that the child renders for its protocol.
+//! byte, then a body: an encoded `protocol::event::Event` that the child
+//! renders for its protocol.
 //!
 //! | direction      | tag     | meaning                                              |
 //! |----------------|---------|------------------------------------------------------|
 //! | master → child | `MORE`  | the first pieces of a long body; hold them           |
-//! | master → child | `TEXT`  | send these bytes to your client                      |
 //! | master → child | `EVENT` | render this event for your client (reply, private)   |
 //! | master → child | `CLOSE` | render this event (why), flush, and exit (kick, stop)|
 //! | child → master | `NOTIFY`| my input ring has entries you have not seen          |
@@ -19,7 +18,6 @@ use nix::sys::socket::{recv, send, MsgFlags};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 pub const MORE: u8 = b'M';
-pub const TEXT: u8 = b'T';
 pub const CLOSE: u8 = b'C';
 pub const EVENT: u8 = b'E';
 pub const NOTIFY: u8 = b'N';
@@ -79,21 +77,20 @@ pub enum Recv {
     Empty,
     /// The other end closed.
     Eof,
-    /// A message with this tag; a `MORE` body went to `held`, a `TEXT`
-    /// body (after what was held) to the send queue; an `EVENT` or `CLOSE`
-    /// body is in `held`, whole, for the caller to take.
+    /// A message with this tag: a `MORE` body was appended to `held`; after
+    /// an `EVENT` or `CLOSE`, `held` holds the whole body for the caller to
+    /// take.
     Msg(u8),
 }
 
-/// Receives one message. A `MORE` piece is appended to `held`; a `TEXT` or
-/// `CLOSE` piece ends the text: what was held, then the piece, go to `out`
-/// (the child's send queue) together, so nothing the child queues in the
-/// meantime (relayed lines, its own replies) lands inside a long text.
+/// Receives one message into `held`: the pieces of a long body (`MORE`)
+/// wait there until its last piece (`EVENT` or `CLOSE`), so the caller
+/// renders the body whole. A message with an unknown tag is dropped.
 ///
 /// The datagram is received straight into `held`'s spare room, its length
 /// asked first (`MSG_PEEK | MSG_TRUNC`): no 4 KiB buffer on the stack (a
 /// page every child would keep) and `held` grows only by what it keeps.
-pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>, out: &mut Vec<u8>) -> nix::Result<Recv> {
+pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>) -> nix::Result<Recv> {
     let mut tag = [0u8; 1];
     let n = match recv(
         fd.as_raw_fd(),
@@ -120,13 +117,8 @@ pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>, out: &mut Vec<u8>) ->
     }
     // The tag is the datagram's first byte; the body follows it.
     held.remove(keep);
-    match tag[0] {
-        MORE => {}
-        TEXT => {
-            out.append(held);
-        }
-        EVENT | CLOSE => {}
-        _ => held.truncate(keep),
+    if !matches!(tag[0], MORE | EVENT | CLOSE) {
+        held.truncate(keep);
     }
     Ok(Recv::Msg(tag[0]))
 }
@@ -138,7 +130,7 @@ mod tests {
     #[test]
     fn long_texts_are_split_and_the_tag_comes_last() {
         assert_eq!(frames(CLOSE, b""), vec![vec![CLOSE]]);
-        assert_eq!(frames(TEXT, b"hi"), vec![b"Thi".to_vec()]);
+        assert_eq!(frames(EVENT, b"hi"), vec![b"Ehi".to_vec()]);
         let body: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let f = frames(CLOSE, &body);
         assert_eq!(f.len(), 3);
@@ -151,7 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn received_bodies_are_appended_without_their_tag() {
+    fn received_bodies_are_held_whole_without_their_tag() {
         use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
         use std::os::fd::AsFd;
         let (a, b) = socketpair(
@@ -161,40 +153,24 @@ mod tests {
             SockFlag::empty(),
         )
         .unwrap();
-        let mut q = b"queued ".to_vec();
         let mut held = Vec::new();
-        assert_eq!(recv_append(b.as_fd(), &mut held, &mut q), Ok(Recv::Empty));
-        for m in [&b"Thello "[..], b"Nignored", b"Mlong ", b"Mtext, "] {
+        assert_eq!(recv_append(b.as_fd(), &mut held), Ok(Recv::Empty));
+        // A body in pieces: held until its last piece, without the tags;
+        // a message of an unknown tag in between leaves nothing behind.
+        for m in [&b"Mlong "[..], b"Nignored", b"Mbody, ", b"Ethe end"] {
             assert!(send_raw(a.as_fd(), m).unwrap());
         }
-        for tag in [TEXT, NOTIFY, MORE, MORE] {
-            assert_eq!(
-                recv_append(b.as_fd(), &mut held, &mut q),
-                Ok(Recv::Msg(tag))
-            );
+        for tag in [MORE, NOTIFY, MORE] {
+            assert_eq!(recv_append(b.as_fd(), &mut held), Ok(Recv::Msg(tag)));
         }
-        // The pieces of a long text wait until its last piece: whatever
-        // the child queues meanwhile comes before it, never inside it.
-        assert_eq!(q, b"queued hello ");
-        q.extend_from_slice(b"relayed\n ");
-        assert!(send_raw(a.as_fd(), b"Tbye").unwrap());
-        assert_eq!(
-            recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(TEXT))
-        );
-        assert_eq!(q, b"queued hello relayed\n long text, bye");
-        assert!(held.is_empty());
-        // An event's body stays in `held`, whole, for the child to render.
-        for m in [&b"Mev"[..], b"Eent"] {
-            assert!(send_raw(a.as_fd(), m).unwrap());
-        }
-        recv_append(b.as_fd(), &mut held, &mut q).unwrap();
-        assert_eq!(
-            recv_append(b.as_fd(), &mut held, &mut q),
-            Ok(Recv::Msg(EVENT))
-        );
-        assert_eq!(held, b"event");
+        assert_eq!(held, b"long body, ");
+        assert_eq!(recv_append(b.as_fd(), &mut held), Ok(Recv::Msg(EVENT)));
+        assert_eq!(held, b"long body, the end");
+        held.clear();
+        assert!(send_raw(a.as_fd(), b"Cbye").unwrap());
+        assert_eq!(recv_append(b.as_fd(), &mut held), Ok(Recv::Msg(CLOSE)));
+        assert_eq!(held, b"bye");
         drop(a);
-        assert_eq!(recv_append(b.as_fd(), &mut held, &mut q), Ok(Recv::Eof));
+        assert_eq!(recv_append(b.as_fd(), &mut held), Ok(Recv::Eof));
     }
 }

@@ -90,11 +90,7 @@ fn registration_follows_what_clients_expect() {
     assert!(c.0.is_closed());
     // The watcher saw one join (when it came, alice was in already) and the quit.
     watcher.send("/who\n");
-    let seen = {
-        let mut v = Vec::new();
-        watcher.read_until("alice left (done here)", &mut v);
-        v
-    };
+    let seen = watcher.lines_until("alice left (done here)");
     assert!(!seen.iter().any(|l| l.contains("alice joined")), "{seen:?}");
 }
 
@@ -120,11 +116,7 @@ fn line_and_irc_users_see_each_other() {
     // CTCP other than ACTION never reaches the room.
     alice.send("PRIVMSG #chatd :\x01DCC SEND x 2130706433 1234 5\x01");
     alice.send("PRIVMSG #chatd :after the dcc");
-    let seen = {
-        let mut v = Vec::new();
-        bob.read_until("after the dcc", &mut v);
-        v
-    };
+    let seen = bob.lines_until("after the dcc");
     assert!(!seen.iter().any(|l| l.contains("DCC")), "{seen:?}");
     // Nick changes: echoed to the IRC sender, shown to everyone else.
     alice.send("NICK Alicia");
@@ -217,11 +209,7 @@ fn long_lines_split_for_irc_and_too_long_irc_lines_are_refused() {
     alice.send("PRIVMSG #chatd :\x1b[2Jclear");
     alice.expect("NOTICE alice :line refused: control characters");
     alice.send("PRIVMSG #chatd :still here");
-    let seen = {
-        let mut v = Vec::new();
-        bob.read_until("still here", &mut v);
-        v
-    };
+    let seen = bob.lines_until("still here");
     assert!(!seen.iter().any(|l| l.contains("clear")), "{seen:?}");
 }
 

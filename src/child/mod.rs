@@ -245,7 +245,7 @@ impl Child {
             return None;
         }
         loop {
-            match ipc::recv_append(self.ctl.as_fd(), &mut self.ctl_held, &mut self.sendq) {
+            match ipc::recv_append(self.ctl.as_fd(), &mut self.ctl_held) {
                 Ok(ipc::Recv::Empty) => return None,
                 Ok(ipc::Recv::Eof) | Err(_) => return Some(Exit::Fatal("master gone")),
                 Ok(ipc::Recv::Msg(tag @ (ipc::EVENT | ipc::CLOSE))) => {

@@ -378,6 +378,13 @@ impl Client {
         }
     }
 
+    /// The lines up to and including the first that contains `needle`.
+    pub fn lines_until(&mut self, needle: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        self.read_until(needle, &mut seen);
+        seen
+    }
+
     /// Reads the greeting; returns the assigned nick.
     pub fn greeting(&mut self) -> String {
         let l = self.expect("Welcome");

@@ -112,10 +112,6 @@ impl Irc {
         write(out, &self.server, "NOTICE", &[self.target(), text]);
     }
 
-    fn user_prefix(&self, nick: &str) -> String {
-        self.from(nick).concat()
-    }
-
     /// A user's prefix, `nick!nick@server`, in pieces for [`write_parts`].
     fn from<'a>(&'a self, nick: &'a str) -> [&'a str; 5] {
         [nick, "!", nick, "@", &self.server]
@@ -131,7 +127,7 @@ impl Irc {
             return;
         }
         self.registered = true;
-        let me = self.user_prefix(&self.nick);
+        let me = self.from(&self.nick).concat();
         self.reply(
             out,
             "001",
@@ -239,8 +235,7 @@ impl Irc {
         match list {
             List::Joined => {
                 self.joined = true;
-                let me = self.user_prefix(&self.nick);
-                write(out, &me, "JOIN", &[&self.channel]);
+                write_parts(out, &self.from(&self.nick), "JOIN", &[&self.channel]);
                 if !self.topic.is_empty() {
                     self.reply(out, "332", &[&self.channel, &self.topic]);
                 }
@@ -364,7 +359,7 @@ impl Session for Irc {
                 let was_chosen = self.got_nick;
                 self.got_nick = true;
                 if self.registered {
-                    write(out, &self.user_prefix(n), "NICK", &[t]);
+                    write_parts(out, &self.from(n), "NICK", &[t]);
                 }
                 self.nick = t.to_string();
                 if !was_chosen {
