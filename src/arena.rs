@@ -311,6 +311,20 @@ pub fn span() -> Option<(usize, usize)> {
     (r.base != 0).then_some((r.base, r.end))
 }
 
+/// Whether this process's new allocations land in an arena of chatd's (in
+/// the master after [`enter`]: memory children do not inherit). Checked
+/// with a real allocation, so it also fails when [`Global`] is not the
+/// global allocator.
+pub fn in_arena() -> bool {
+    let r = route();
+    if r.base == 0 {
+        return false;
+    }
+    let probe = Box::new(0u8);
+    let at = &*probe as *const u8 as usize;
+    (r.base..r.end).contains(&at)
+}
+
 /// Reserves the master's arena (`MADV_DONTFORK`) and sends the master's
 /// later allocations there. Does nothing useful unless [`Global`] is the
 /// global allocator (`main.rs`).

@@ -29,6 +29,24 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     pub irc_listen: Vec<String>,
 
+    /// Address for the line protocol over TLS (repeatable; replaces
+    /// `tls_listen`; needs `--tls-cert` and `--tls-key`)
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<String>,
+
+    /// Address for IRC over TLS, conventionally port 6697 (repeatable;
+    /// replaces `ircs_listen`)
+    #[arg(long, value_name = "ADDR")]
+    pub ircs_listen: Vec<String>,
+
+    /// Override `tls_cert`: the certificate chain (PEM)
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Override `tls_key`: the certificate's private key (PEM)
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Override `max_clients`
     #[arg(long, value_name = "N")]
     pub max_clients: Option<u32>,
@@ -112,6 +130,21 @@ impl Args {
                 .filter(|a| !a.is_empty())
                 .cloned()
                 .collect();
+        }
+        let given = |l: &Vec<String>| -> Vec<String> {
+            l.iter().filter(|a| !a.is_empty()).cloned().collect()
+        };
+        if !self.tls_listen.is_empty() {
+            cfg.tls_listen = given(&self.tls_listen);
+        }
+        if !self.ircs_listen.is_empty() {
+            cfg.ircs_listen = given(&self.ircs_listen);
+        }
+        if let Some(v) = &self.tls_cert {
+            cfg.tls_cert = v.clone();
+        }
+        if let Some(v) = &self.tls_key {
+            cfg.tls_key = v.clone();
         }
         if let Some(v) = self.max_clients {
             cfg.max_clients = v;

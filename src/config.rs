@@ -37,6 +37,22 @@ pub struct Config {
     /// disables IRC. Ignored when systemd passes sockets (the one named
     /// `irc` speaks IRC). Cannot change on reload.
     pub irc_listen: Vec<String>,
+    /// Addresses for the line protocol over TLS; empty (the default)
+    /// disables it. Ignored when systemd passes sockets (the one named
+    /// `tls`). Cannot change on reload.
+    pub tls_listen: Vec<String>,
+    /// Addresses for IRC over TLS (conventionally port 6697); empty (the
+    /// default) disables it. Ignored when systemd passes sockets (the one
+    /// named `ircs`). Cannot change on reload.
+    pub ircs_listen: Vec<String>,
+    /// The TLS certificate chain (PEM, leaf first). systemd's credentials
+    /// `tls.crt` and `tls.key` (`LoadCredential=`) take precedence.
+    pub tls_cert: PathBuf,
+    /// The certificate's private key (PEM: ECDSA P-256/P-384, Ed25519 or
+    /// RSA). Read by the master only; no child ever holds it.
+    pub tls_key: PathBuf,
+    /// Seconds a TLS client may take to complete its handshake.
+    pub tls_handshake_timeout: f64,
     /// The room's name as an IRC channel.
     pub irc_channel: String,
     /// The room's topic (IRC 332; empty: none).
@@ -87,6 +103,11 @@ impl Default for Config {
         Config {
             listen: vec!["127.0.0.1:5555".to_string()],
             irc_listen: vec!["127.0.0.1:6667".to_string()],
+            tls_listen: Vec::new(),
+            ircs_listen: Vec::new(),
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_handshake_timeout: 10.0,
             irc_channel: "#chatd".to_string(),
             topic: String::new(),
             registration_timeout: 30.0,
@@ -202,6 +223,20 @@ impl Config {
         for a in &self.irc_listen {
             parse_listen(a).map_err(|m| ("irc_listen", m))?;
         }
+        for a in &self.tls_listen {
+            parse_listen(a).map_err(|m| ("tls_listen", m))?;
+        }
+        for a in &self.ircs_listen {
+            parse_listen(a).map_err(|m| ("ircs_listen", m))?;
+        }
+        if !(self.tls_handshake_timeout.is_finite()
+            && (1.0..=300.0).contains(&self.tls_handshake_timeout))
+        {
+            return Err((
+                "tls_handshake_timeout",
+                "must be between 1 and 300 seconds".into(),
+            ));
+        }
         let chan = self.irc_channel.as_bytes();
         if chan.len() < 2
             || chan.len() > 50
@@ -297,12 +332,24 @@ impl Config {
 
     /// Every address to listen on and its protocol, parsed (validated by
     /// [`Config::validate`]).
-    pub fn listen_addrs(&self) -> Vec<(SocketAddr, crate::protocol::Proto)> {
-        use crate::protocol::Proto;
-        let line = self.listen.iter().map(|a| (a, Proto::Line));
-        line.chain(self.irc_listen.iter().map(|a| (a, Proto::Irc)))
-            .filter_map(|(a, p)| Some((parse_listen(a).ok()?, p)))
+    pub fn listen_addrs(&self) -> Vec<(SocketAddr, crate::protocol::Service)> {
+        use crate::protocol::{Proto, Service};
+        let lists = [
+            (&self.listen, Proto::Line, false),
+            (&self.irc_listen, Proto::Irc, false),
+            (&self.tls_listen, Proto::Line, true),
+            (&self.ircs_listen, Proto::Irc, true),
+        ];
+        lists
+            .into_iter()
+            .flat_map(|(l, proto, tls)| l.iter().map(move |a| (a, Service { proto, tls })))
+            .filter_map(|(a, s)| Some((parse_listen(a).ok()?, s)))
             .collect()
+    }
+
+    /// Whether any listener is configured to speak TLS.
+    pub fn wants_tls(&self) -> bool {
+        !self.tls_listen.is_empty() || !self.ircs_listen.is_empty()
     }
 }
 

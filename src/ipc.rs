@@ -12,6 +12,9 @@
 //! | master → child | `EVENT` | render this event for your client (reply, private)   |
 //! | master → child | `CLOSE` | render this event (why), flush, and exit (kick, stop)|
 //! | child → master | `NOTIFY`| my input ring has entries you have not seen          |
+//! | master → child | `OFFER` | TLS: the certificate chain and key schemes (first)   |
+//! | child → master | `SIGN`  | TLS: sign this handshake message (once per child)    |
+//! | master → child | `SIGNED`| TLS: the signature (empty: refused)                  |
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
@@ -21,6 +24,9 @@ pub const MORE: u8 = b'M';
 pub const CLOSE: u8 = b'C';
 pub const EVENT: u8 = b'E';
 pub const NOTIFY: u8 = b'N';
+pub const OFFER: u8 = b'T';
+pub const SIGN: u8 = b'S';
+pub const SIGNED: u8 = b'G';
 
 /// Largest control datagram: one page, the child's receive buffer. Longer
 /// texts (a `/who` reply for thousands of users) go as several messages
@@ -117,10 +123,24 @@ pub fn recv_append(fd: BorrowedFd<'_>, held: &mut Vec<u8>) -> nix::Result<Recv> 
     }
     // The tag is the datagram's first byte; the body follows it.
     held.remove(keep);
-    if !matches!(tag[0], MORE | EVENT | CLOSE) {
+    if !matches!(tag[0], MORE | EVENT | CLOSE | OFFER) {
         held.truncate(keep);
     }
     Ok(Recv::Msg(tag[0]))
+}
+
+/// What [`recv_append`] does with a datagram received earlier (one the
+/// TLS signer kept while it waited for its answer).
+pub fn append_datagram(msg: &[u8], held: &mut Vec<u8>) -> Recv {
+    match msg.split_first() {
+        None => Recv::Eof,
+        Some((&tag, body)) => {
+            if matches!(tag, MORE | EVENT | CLOSE | OFFER) {
+                held.extend_from_slice(body);
+            }
+            Recv::Msg(tag)
+        }
+    }
 }
 
 #[cfg(test)]

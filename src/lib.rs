@@ -25,3 +25,4 @@ pub mod master;
 pub mod protocol;
 pub mod sandbox;
 pub mod shm;
+pub mod tls;

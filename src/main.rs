@@ -1,7 +1,7 @@
 //! The `chatd` binary: parse flags, load the configuration, run the master.
 //!
 //! Exit status: 0 after a clean shutdown, 2 for a bad configuration or
-//! command line, 67 (EX_NOUSER) when started as root and the service user
+//! command line (a TLS certificate or key that cannot be used included), 67 (EX_NOUSER) when started as root and the service user
 //! does not exist, 1 for any other start-up failure (a confinement step
 //! that failed is named in the message).
 
@@ -57,7 +57,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "fatal", error = %format!("{e:#}"), "fatal: {e:#}");
-            ExitCode::from(1)
+            // A certificate or key that cannot be used is a bad configuration.
+            match e.downcast_ref::<chatd::tls::keys::TlsError>() {
+                Some(_) => ExitCode::from(2),
+                None => ExitCode::from(1),
+            }
         }
     }
 }

@@ -15,6 +15,9 @@ command -v ii >/dev/null || need+=(ii)
 command -v weechat-headless >/dev/null || need+=(weechat-headless)
 command -v irssi >/dev/null || need+=(irssi)
 command -v tmux >/dev/null || need+=(tmux)
+# TLS clients for tests/tls.rs.
+command -v openssl >/dev/null || need+=(openssl)
+command -v socat >/dev/null || need+=(socat)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

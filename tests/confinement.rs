@@ -206,11 +206,13 @@ fn release_binary() -> (String, Vec<u8>) {
 }
 
 #[test]
-fn release_binary_maps_within_2_mib() {
+fn release_binary_maps_within_4_mib() {
     // Each 2 MiB block of the address space a child touches costs it a
-    // page-table page. Under 2 MiB, the binary lands across two blocks at
+    // page-table page. Under 4 MiB, the binary lands across three blocks at
     // most, wherever address-space randomisation puts it (ARCHITECTURE.md,
-    // "Memory"): fat LTO and one codegen unit keep it there.
+    // "Memory"): fat LTO and one codegen unit keep it there. (Under 2 MiB
+    // it was two, one page-table page less per child; rustls and ring took
+    // it to 3.3 MiB: docs/decisions.md, "TLS".)
     let (bin, b) = release_binary();
     let u16_at = |o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap()) as usize;
     let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -228,8 +230,8 @@ fn release_binary_maps_within_2_mib() {
     }
     let span = hi.saturating_sub(lo & !0xfff);
     assert!(
-        span <= 2 << 20,
-        "{bin} maps {span} bytes, more than 2 MiB: children pay a page-table page more in some layouts"
+        span <= 4 << 20,
+        "{bin} maps {span} bytes, more than 4 MiB: children pay a page-table page more in some layouts"
     );
 }
 

@@ -20,6 +20,11 @@ const KEYS: &[&str] = &[
     "irc_channel",
     "topic",
     "registration_timeout",
+    "tls_listen",
+    "ircs_listen",
+    "tls_cert",
+    "tls_key",
+    "tls_handshake_timeout",
     "user",
     "empty_dir",
 ];
@@ -159,5 +164,5 @@ fn the_documents_describe_chatd_not_its_history() {
         }
     }
     let lines = read("README.md").lines().count();
-    assert!(lines <= 300, "README.md has {lines} lines: it is for users");
+    assert!(lines <= 340, "README.md has {lines} lines: it is for users");
 }

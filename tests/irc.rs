@@ -238,7 +238,7 @@ fn irc_clients_in_use_nick_retry_before_registration() {
     let mut c = Irc::connect(&server);
     // Not registered yet: nobody can write to its guest nick.
     let mut bob = line_client(&server, "bob");
-    let guest = server.wait_log("protocol=Irc nick=guest-2");
+    let guest = server.wait_log("protocol=Irc tls=false nick=guest-2");
     assert!(guest.contains("guest-2"), "{guest}");
     bob.send("/msg guest-2 hello?\n");
     bob.expect("! no such nick: guest-2");

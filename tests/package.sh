@@ -32,6 +32,7 @@ dpkg-deb -x "$deb" "$root"
 echo "== systemd-analyze verify" >&2
 out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no --root="$root" \
   "$root/usr/lib/systemd/system/chatd.socket" "$root/usr/lib/systemd/system/chatd-irc.socket" \
+  "$root/usr/lib/systemd/system/chatd-tls.socket" "$root/usr/lib/systemd/system/chatd-ircs.socket" \
   "$root/usr/lib/systemd/system/chatd.service" 2>&1) || {
   echo "$out" >&2; exit 1; }
 if [ -n "$out" ]; then echo "$out" >&2; echo "systemd-analyze verify is not clean" >&2; exit 1; fi

@@ -15,6 +15,7 @@
 //! reason it leaves travels as a `Quit` ring entry), so one process owns the
 //! journal connection.
 
+pub mod conn;
 pub mod flood;
 pub mod image;
 pub mod setup;
@@ -30,12 +31,15 @@ use crate::protocol::{Ask, Leave, Proto, Session};
 use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
 use crate::shm::Region;
+use crate::tls::remote::{self, Mailbox};
+use conn::Conn;
 use flood::TokenBucket;
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags, EpollTimeout};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Everything the master decided for this client before forking: plain
@@ -46,6 +50,10 @@ pub struct Spec {
     pub client_id: u64,
     /// The protocol the client's listener speaks.
     pub proto: Proto,
+    /// Whether the listener speaks TLS (the master's `OFFER` comes first).
+    pub tls: bool,
+    /// TLS: how long the handshake may take.
+    pub handshake_timeout: Duration,
     pub max_line: usize,
     /// IRC: idle seconds before the server pings the client (0: never).
     pub keepalive: u32,
@@ -87,6 +95,8 @@ enum Exit {
     LineTimeout,
     /// The master asked us to close (kick or shutdown); text is queued.
     ClosedByMaster,
+    /// TLS failed (handshake, timeout, bad record); the reason says how.
+    Tls(String),
     /// The master is gone or the shared state is unusable.
     Fatal(&'static str),
 }
@@ -99,8 +109,12 @@ struct Child {
     asks: Vec<Ask>,
     /// One relay-log payload at a time, for the session to render.
     scratch: Vec<u8>,
-    client: TcpStream,
+    conn: Conn,
     ctl: OwnedFd,
+    /// TLS: what the signer kept from the control socket while it waited.
+    mailbox: Option<Arc<Mailbox>>,
+    /// TLS: when the handshake must be complete.
+    handshake_by: Option<Instant>,
     lines: LineReader,
     ring: RingWriter,
     log: LogReader,
@@ -168,14 +182,22 @@ pub fn run(
         readable: true,
         writable: true,
         region,
-        client,
+        conn: Conn::plain(client),
         ctl,
+        mailbox: None,
+        handshake_by: None,
         spec,
     };
-    // The greeting was queued on the control socket before the fork.
-    let exit = match child.handle_ctl() {
-        Some(e) => e,
-        None => {
+    // The TLS offer, then the greeting, were queued on the control socket
+    // before the fork.
+    let started = match spec.tls {
+        true => child.start_tls(),
+        false => Ok(()),
+    };
+    let exit = match started.map(|()| child.handle_ctl()) {
+        Err(e) => e,
+        Ok(Some(e)) => e,
+        Ok(None) => {
             if let Some(n) = note {
                 child.sendq.extend_from_slice(n.as_bytes());
             }
@@ -187,6 +209,32 @@ pub fn run(
 }
 
 impl Child {
+    /// Reads the master's TLS offer (certificate chain, key schemes) and
+    /// makes the connection a TLS server's.
+    fn start_tls(&mut self) -> Result<(), Exit> {
+        let fail = || Exit::Fatal("TLS set-up failed");
+        let mut held = Vec::new();
+        loop {
+            match ipc::recv_append(self.ctl.as_fd(), &mut held) {
+                Ok(ipc::Recv::Msg(ipc::OFFER)) => break,
+                Ok(ipc::Recv::Msg(ipc::MORE)) => {}
+                _ => return Err(fail()),
+            }
+        }
+        let offer = crate::tls::Offer::decode(&held).ok_or_else(fail)?;
+        let mailbox = Arc::new(Mailbox::default());
+        let link = remote::Link {
+            ctl: self.ctl.as_raw_fd(),
+            epoll: self.epoll.0.as_raw_fd(),
+            mailbox: mailbox.clone(),
+        };
+        let cfg = remote::server_config(&offer, link).map_err(|_| fail())?;
+        self.conn.start_tls(cfg).map_err(|_| fail())?;
+        self.mailbox = Some(mailbox);
+        self.handshake_by = Some(Instant::now() + self.spec.handshake_timeout);
+        Ok(())
+    }
+
     fn run(&mut self) -> Exit {
         loop {
             if let Some(e) = self.handle_ctl() {
@@ -224,6 +272,9 @@ impl Child {
             if let Some(e) = self.check_session_deadline(now) {
                 return e;
             }
+            if self.handshake_by.is_some_and(|t| now >= t) {
+                return Exit::Tls("TLS handshake timeout".into());
+            }
             if self.ring.publish() {
                 self.notify_master();
             }
@@ -245,7 +296,12 @@ impl Child {
             return None;
         }
         loop {
-            match ipc::recv_append(self.ctl.as_fd(), &mut self.ctl_held) {
+            let kept = self.mailbox.as_ref().and_then(|m| m.pop());
+            let got = match kept {
+                Some(d) => Ok(ipc::append_datagram(&d, &mut self.ctl_held)),
+                None => ipc::recv_append(self.ctl.as_fd(), &mut self.ctl_held),
+            };
+            match got {
                 Ok(ipc::Recv::Empty) => return None,
                 Ok(ipc::Recv::Eof) | Err(_) => return Some(Exit::Fatal("master gone")),
                 Ok(ipc::Recv::Msg(tag @ (ipc::EVENT | ipc::CLOSE))) => {
@@ -320,7 +376,23 @@ impl Child {
         if spare.is_empty() {
             return Ok(());
         }
-        match self.client.read(spare) {
+        let got = self.conn.read(spare);
+        if self.mailbox.as_ref().is_some_and(|m| m.take_waited()) {
+            // The signer waited in epoll and may have taken this loop's
+            // edge-triggered events: look at everything again.
+            self.ctl_ready = true;
+            self.writable = true;
+        }
+        if self.conn.take_established() {
+            self.handshake_by = None;
+            self.writable = true;
+            // A TLS line client enters the room once the handshake is
+            // done (a failed handshake is nothing the room sees).
+            if self.spec.proto == Proto::Line {
+                self.asks.push(Ask::Join);
+            }
+        }
+        match got {
             Ok(0) => {
                 self.client_eof = true;
                 // A last line without a newline still counts.
@@ -332,7 +404,7 @@ impl Child {
             Ok(n) => self.lines.filled(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Exit::Closed(io_reason(&e))),
+            Err(e) => return Err(io_exit(&e)),
         }
         Ok(())
     }
@@ -445,14 +517,21 @@ impl Child {
 
     /// Writes queued output with one syscall per wake.
     fn flush(&mut self) -> Result<(), Exit> {
-        if self.sent == self.sendq.len() || !self.writable {
+        if !self.writable {
             return Ok(());
         }
-        match self.client.write(&self.sendq[self.sent..]) {
+        let wrote = if self.sent < self.sendq.len() {
+            self.conn.write(&self.sendq[self.sent..])
+        } else if self.conn.pending() {
+            self.conn.flush_pending().map(|()| 0)
+        } else {
+            return Ok(());
+        };
+        match wrote {
             Ok(n) => self.sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Exit::Closed(io_reason(&e))),
+            Err(e) => return Err(io_exit(&e)),
         }
         if self.sent == self.sendq.len() {
             // The capacity stays until the client is idle (see
@@ -477,7 +556,7 @@ impl Child {
         if pending_lines || (self.readable && want_read && can_take) {
             return Ok(()); // more to do without sleeping
         }
-        if self.writable && self.sent < self.sendq.len() {
+        if self.writable && (self.sent < self.sendq.len() || self.conn.pending()) {
             return Ok(());
         }
         let flood = Some(self.flood.wait()).filter(|d| !d.is_zero());
@@ -485,7 +564,8 @@ impl Child {
             .session
             .deadline()
             .map(|t| t.saturating_duration_since(now));
-        let timeout = match [flood, self.line_deadline(now), session]
+        let handshake = self.handshake_by.map(|t| t.saturating_duration_since(now));
+        let timeout = match [flood, self.line_deadline(now), session, handshake]
             .into_iter()
             .flatten()
             .min()
@@ -561,8 +641,9 @@ impl Child {
 
     /// Announces the departure to the master, sends the last line and exits.
     fn finish(&mut self, exit: Exit) {
-        let plain: Option<&'static str> = match &exit {
-            Exit::Closed(r) | Exit::Fatal(r) => Some(r),
+        let plain: Option<String> = match &exit {
+            Exit::Closed(r) | Exit::Fatal(r) => Some(r.to_string()),
+            Exit::Tls(r) => Some(r.clone()),
             _ => None,
         };
         let leave = match exit {
@@ -588,9 +669,7 @@ impl Child {
             }
             _ => None,
         };
-        let reason: String = exit_reason(&leave)
-            .or(plain.map(str::to_string))
-            .unwrap_or_default();
+        let reason: String = exit_reason(&leave).or(plain).unwrap_or_default();
         if !reason.is_empty() {
             let mut r = reason.as_bytes();
             if r.len() > MAX_REASON {
@@ -609,7 +688,12 @@ impl Child {
         }
         let deadline = Instant::now() + FINAL_FLUSH;
         self.writable = true;
-        while self.sent < self.sendq.len() {
+        if self.conn.handshaking() {
+            // Nothing queued can be sent without a session.
+            self.sendq.clear();
+            self.sent = 0;
+        }
+        while self.sent < self.sendq.len() || self.conn.pending() {
             if self.flush().is_err() {
                 break;
             }
@@ -627,7 +711,7 @@ impl Child {
                 break;
             }
         }
-        let _ = self.client.shutdown(Shutdown::Both);
+        self.conn.close();
     }
 }
 
@@ -637,6 +721,14 @@ fn exit_reason(leave: &Option<Leave>) -> Option<String> {
         Leave::Quit(r) => r.clone(),
         Leave::Error(e) => e.split(':').next().unwrap_or(e).to_string(),
     })
+}
+
+/// Why a read or write error ends the child.
+fn io_exit(e: &io::Error) -> Exit {
+    match conn::tls_reason(e) {
+        Some(r) => Exit::Tls(r),
+        None => Exit::Closed(io_reason(e)),
+    }
 }
 
 fn io_reason(e: &io::Error) -> &'static str {

@@ -6,7 +6,7 @@
 //! `id = generation << 32 | slot`, so nothing that refers to a previous
 //! owner (an epoll token, a log entry's origin) can match the new one.
 
-use crate::protocol::{nick, Proto};
+use crate::protocol::{nick, Proto, Service};
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -25,11 +25,16 @@ pub struct Client {
     pub nick: String,
     /// The protocol its listener speaks.
     pub proto: Proto,
-    /// In the room: sees and is seen in it. A line-protocol client is from
-    /// the start; an IRC client once registered, until it parts.
+    /// Its listener speaks TLS.
+    pub tls: bool,
+    /// TLS: the master has signed its one handshake signature.
+    pub signed: bool,
+    /// In the room: sees and is seen in it. A plain line-protocol client is
+    /// from the start, a TLS one once its handshake is done, an IRC client
+    /// once registered, until it parts.
     pub in_room: bool,
-    /// Others may address it: a line-protocol client from the start, an
-    /// IRC client once registered (its first join).
+    /// Others may address it: from when it is in the room (an IRC client's
+    /// guest nick before registration is nobody's to write to).
     pub registered: bool,
     pub ctl: OwnedFd,
     /// The control socket is still registered with epoll.
@@ -239,9 +244,10 @@ pub fn new_client(
     pid: Pid,
     peer: SocketAddr,
     nick: String,
-    proto: Proto,
+    service: Service,
     ctl: OwnedFd,
 ) -> Client {
+    let at_once = service.proto == Proto::Line && !service.tls;
     Client {
         slot,
         id,
@@ -249,9 +255,11 @@ pub fn new_client(
         pid,
         peer,
         nick,
-        proto,
-        in_room: proto == Proto::Line,
-        registered: proto == Proto::Line,
+        proto: service.proto,
+        tls: service.tls,
+        signed: false,
+        in_room: at_once,
+        registered: at_once,
         ctl,
         ctl_open: true,
         outbox: VecDeque::new(),

@@ -2,13 +2,15 @@
 //!
 //! With socket activation (`LISTEN_PID`/`LISTEN_FDS`, checked by sd-notify)
 //! the sockets are used as they are, and their names (`LISTEN_FDNAMES`,
-//! from `FileDescriptorName=`) say what they speak: `irc` is IRC, any other
-//! name the line protocol. Otherwise each `listen` and `irc_listen` address
+//! from `FileDescriptorName=`) say what they speak: `irc` is IRC, `ircs`
+//! IRC over TLS, `tls` the line protocol over TLS, any other name the line
+//! protocol. Otherwise each `listen`, `irc_listen`, `tls_listen` and
+//! `ircs_listen` address
 //! is bound with SO_REUSEADDR, IPV6_V6ONLY for IPv6 (so `0.0.0.0` and
 //! `[::]` can both be listed) and the largest backlog, for connection
 //! storms.
 
-use crate::protocol::Proto;
+use crate::protocol::{Proto, Service};
 use anyhow::{bail, Context, Result};
 use nix::sys::socket::{
     bind, getsockname, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
@@ -24,20 +26,22 @@ pub enum Origin {
     Config,
 }
 
-/// The protocol of a socket systemd passed under this name.
-pub fn proto_of_name(name: &str) -> Proto {
-    if name == "irc" {
-        Proto::Irc
-    } else {
-        Proto::Line
-    }
+/// What a socket systemd passed under this name speaks.
+pub fn service_of_name(name: &str) -> Service {
+    let (proto, tls) = match name {
+        "irc" => (Proto::Irc, false),
+        "ircs" => (Proto::Irc, true),
+        "tls" => (Proto::Line, true),
+        _ => (Proto::Line, false),
+    };
+    Service { proto, tls }
 }
 
 /// A listening socket and what it speaks.
-pub type Listener = (TcpListener, Proto);
+pub type Listener = (TcpListener, Service);
 
 /// Opens the listeners: the ones systemd passed, else binds `addrs`.
-pub fn open(addrs: &[(SocketAddr, Proto)]) -> Result<(Vec<Listener>, Origin)> {
+pub fn open(addrs: &[(SocketAddr, Service)]) -> Result<(Vec<Listener>, Origin)> {
     let fds = sd_notify::listen_fds_with_names().context("reading LISTEN_FDS")?;
     let inherited: Vec<_> = fds.collect();
     if !inherited.is_empty() {
@@ -50,7 +54,7 @@ pub fn open(addrs: &[(SocketAddr, Proto)]) -> Result<(Vec<Listener>, Origin)> {
             l.local_addr()
                 .context("socket passed by systemd is not a TCP socket")?;
             l.set_nonblocking(true)?;
-            ls.push((l, proto_of_name(&name)));
+            ls.push((l, service_of_name(&name)));
         }
         return Ok((ls, Origin::Systemd));
     }

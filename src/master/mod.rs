@@ -89,6 +89,8 @@ pub struct Master {
     notifier: Notifier,
     /// Compiled once before the first fork; every child installs it.
     child_filter: seccompiler::BpfProgram,
+    /// The certificate and key, when a listener speaks TLS.
+    tls: Option<crate::tls::keys::Monitor>,
 }
 
 impl Master {
@@ -137,7 +139,7 @@ impl Master {
             &wake_timer,
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE_TIMER),
         )?;
-        for (i, (l, proto)) in listeners.iter().enumerate() {
+        for (i, (l, service)) in listeners.iter().enumerate() {
             epoll.add(
                 l,
                 EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_LISTEN + i as u64),
@@ -145,11 +147,25 @@ impl Master {
             info!(
                 event = "listen",
                 address = %l.local_addr()?,
-                protocol = ?proto,
+                protocol = ?service.proto,
+                tls = service.tls,
                 source = ?origin,
-                "listening on {} ({proto:?})", l.local_addr()?
+                "listening on {} ({service})", l.local_addr()?
             );
         }
+        // Step 1 of crate::tls: pin the files' directories while they can
+        // still be reached (before a chroot).
+        // The files are read now, with the privileges chatd started with (a
+        // key only root may read included); the key into a mapping no
+        // child inherits.
+        let tls_files = match listeners.iter().any(|(_, s)| s.tls) {
+            true => {
+                let src = crate::tls::keys::Sources::open(&cfg.tls_cert, &cfg.tls_key)?;
+                let read = src.read()?;
+                Some((src, read))
+            }
+            false => None,
+        };
         let notifier = Notifier::from_env();
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
         crate::child::image::note();
@@ -163,6 +179,15 @@ impl Master {
         if let Err(e) = crate::arena::enter() {
             warn!(event = "arena", error = %e, "{e}; children will share the master's heap");
         }
+        // Step 2: the key is read into memory no child inherits.
+        let tls = match tls_files {
+            Some((src, read)) => {
+                let m = crate::tls::keys::Monitor::start(src, read)?;
+                log_identity(&m, "loaded");
+                Some(m)
+            }
+            None => None,
+        };
         let mut m = Master {
             clients: Clients::new(capacity),
             relay: Relay::new(region),
@@ -188,6 +213,7 @@ impl Master {
             last_ping: Instant::now(),
             notifier,
             child_filter: confined.child_filter,
+            tls,
         };
         m.set_timer(false)?;
         m.reserve_fd = Some(m.timer.as_fd().try_clone_to_owned().context("reserve fd")?);
@@ -339,9 +365,10 @@ impl Master {
             self.flush_outbox(slot);
         }
         let c = self.clients.get_mut(slot).unwrap();
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; ipc::MAX_MSG];
         let mut notified = false;
         let mut closed = flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+        let mut sign: Vec<Vec<u8>> = Vec::new();
         loop {
             match ipc::recv_msg(c.ctl.as_fd(), &mut buf) {
                 Ok(None) => break,
@@ -349,15 +376,54 @@ impl Master {
                     closed = true;
                     break;
                 }
-                Ok(Some(_)) => notified = true, // NOTIFY is the only child message
+                Ok(Some(n)) if buf[0] == ipc::SIGN => sign.push(buf[1..n].to_vec()),
+                Ok(Some(_)) => notified = true,
             }
         }
+        for req in sign {
+            self.answer_sign(slot, &req);
+        }
+        let c = self.clients.get_mut(slot).unwrap();
         if closed && c.ctl_open {
             c.ctl_open = false;
             let _ = self.epoll.delete(&c.ctl);
         }
         if notified || closed {
             self.relay.mark_ready(&mut self.clients, slot);
+        }
+    }
+
+    /// Signs a TLS child's one handshake signature (step 4 of
+    /// `crate::tls`), or kills the child: a second request, a request from
+    /// a plain client, or a message that is not a handshake's is what a
+    /// compromised child would send.
+    fn answer_sign(&mut self, slot: usize, req: &[u8]) {
+        let Some(c) = self.clients.get(slot) else {
+            return;
+        };
+        let verdict = match (&self.tls, crate::tls::parse_sign_request(req)) {
+            _ if !c.tls => Err("a signing request from a client without TLS"),
+            _ if c.signed => Err("a second signing request"),
+            (None, _) => Err("a signing request without a key"),
+            (_, None) => Err("a malformed signing request"),
+            (Some(_), Some((_, msg))) if !crate::tls::is_handshake_message(msg) => {
+                Err("a signing request that is not a handshake message")
+            }
+            (Some(t), Some((scheme, msg))) => t
+                .identity
+                .sign(scheme, msg)
+                .ok_or("a signing request for a scheme the key cannot use"),
+        };
+        let (pid, serial, peer) = (c.pid, c.serial, c.peer);
+        match verdict {
+            Ok(sig) => {
+                self.clients.get_mut(slot).unwrap().signed = true;
+                self.send_ctl(slot, ipc::SIGNED, &sig);
+            }
+            Err(why) => {
+                warn!(event = "sign_refused", client = serial, pid = pid.as_raw(), peer = %peer, reason = why, "killed the child of client {serial} ({peer}): {why}");
+                let _ = kill(pid, Signal::SIGKILL);
+            }
         }
     }
 
@@ -458,8 +524,24 @@ impl Master {
                     );
                     new.max_clients = self.clients.capacity() as u32;
                 }
+                if new.tls_cert != self.cfg.tls_cert || new.tls_key != self.cfg.tls_key {
+                    warn!(
+                        event = "reload_ignored",
+                        key = "tls_cert",
+                        "tls_cert and tls_key name other files now; the files chatd started with are read again, the new names need a restart"
+                    );
+                }
                 self.cfg = new;
                 info!(event = "reload", "configuration reloaded");
+            }
+        }
+        // Step 5 of crate::tls: read the pair again; a bad one keeps the old.
+        if let Some(t) = &mut self.tls {
+            match t.reload() {
+                Ok(_) => log_identity(t, "reloaded"),
+                Err(e) => {
+                    error!(event = "tls_reload_failed", error = %e, "TLS reload failed, keeping the running certificate: {e}")
+                }
             }
         }
         self.notifier.send(&[NotifyState::Ready]);
@@ -579,5 +661,15 @@ impl Master {
             .context("timerfd_settime")?;
         self.timer_fast = fast;
         Ok(())
+    }
+}
+
+/// Logs the certificate in use, and warns when it expires soon.
+fn log_identity(m: &crate::tls::keys::Monitor, what: &str) {
+    let id = &m.identity;
+    let path = m.cert_path().display();
+    info!(event = "tls", serial = %id.serial, subject = %id.subject, not_after = id.not_after, file = %path, "TLS certificate {what}: {} (serial {}) from {path}", id.subject, id.serial);
+    if let Some(days) = id.expires_soon(crate::tls::keys::now_unix()) {
+        warn!(event = "tls_expiring", serial = %id.serial, days, file = %path, "the TLS certificate {path} expires in {days} days");
     }
 }

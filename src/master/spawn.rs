@@ -11,7 +11,7 @@ use super::Master;
 use crate::child::{self, Spec};
 use crate::ipc;
 use crate::protocol::event::{Event, Kind, Setup};
-use crate::protocol::{self, Proto};
+use crate::protocol::{self, Proto, Service};
 use anyhow::anyhow;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
@@ -36,12 +36,12 @@ const KEEPALIVE_PROBES: u32 = 3;
 impl Master {
     pub(super) fn accept_all(&mut self, idx: usize) {
         for _ in 0..ACCEPT_BATCH {
-            let Some((l, proto)) = self.listeners.get(idx) else {
+            let Some((l, service)) = self.listeners.get(idx) else {
                 return;
             };
-            let proto = *proto;
+            let service = *service;
             match l.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, proto),
+                Ok((stream, peer)) => self.admit(stream, peer, service),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -66,14 +66,14 @@ impl Master {
             return false;
         };
         drop(spare);
-        let (l, proto) = &self.listeners[idx];
-        let proto = *proto;
+        let (l, service) = &self.listeners[idx];
+        let service = *service;
         if let Ok((stream, peer)) = l.accept() {
             // `refuse` closes the stream, so the reserve can be taken again.
             self.refuse(
                 stream,
                 peer,
-                proto,
+                service,
                 "out of file descriptors",
                 "server busy, try again later",
             );
@@ -105,7 +105,7 @@ impl Master {
         }
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, proto: Proto) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, proto: Service) {
         const FULL: (&str, &str) = ("server full", "server full, try again later");
         if self.clients.len() >= self.cfg.max_clients as usize {
             return self.refuse(stream, peer, proto, FULL.0, FULL.1);
@@ -139,16 +139,18 @@ impl Master {
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        proto: Proto,
+        service: Service,
         reason: &str,
         why: &str,
     ) {
         self.stats.refused += 1;
         warn!(event = "refused", peer = %peer, reason, "refused {peer}: {reason}");
         let _ = stream.set_nonblocking(true);
-        let line = match proto {
-            Proto::Line => protocol::line::refusal(why),
-            Proto::Irc => protocol::irc::refusal(why),
+        // A TLS client is closed without a word: the master speaks no TLS.
+        let line = match (service.proto, service.tls) {
+            (_, true) => String::new(),
+            (Proto::Line, false) => protocol::line::refusal(why),
+            (Proto::Irc, false) => protocol::irc::refusal(why),
         };
         let _ = stream.write_all(line.as_bytes());
         let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -182,8 +184,9 @@ impl Master {
         slot: usize,
         stream: TcpStream,
         peer: SocketAddr,
-        proto: Proto,
+        service: Service,
     ) -> Result<(), (anyhow::Error, TcpStream)> {
+        let proto = service.proto;
         if let Err(e) = self.configure_socket(&stream) {
             return Err((e.into(), stream));
         }
@@ -225,8 +228,14 @@ impl Master {
             online,
         };
         let greeting = Event::new(Kind::Setup, &nick, &setup.to_text()).encode();
-        for msg in ipc::frames(ipc::EVENT, &greeting) {
-            match ipc::send_raw(mine.as_fd(), &msg) {
+        // A TLS child is first told the certificate chain (never the key).
+        let offer = match (&self.tls, service.tls) {
+            (_, false) => Vec::new(),
+            (Some(t), true) => ipc::frames(ipc::OFFER, &t.offer_bytes),
+            (None, true) => return Err((anyhow!("TLS is not set up"), stream)),
+        };
+        for msg in offer.iter().chain(&ipc::frames(ipc::EVENT, &greeting)) {
+            match ipc::send_raw(mine.as_fd(), msg) {
                 Ok(true) => {}
                 Ok(false) => return Err((anyhow!("control socket full"), stream)),
                 Err(e) => return Err((e.into(), stream)),
@@ -237,6 +246,8 @@ impl Master {
             slot,
             client_id: id,
             proto,
+            tls: service.tls,
+            handshake_timeout: Duration::from_secs_f64(self.cfg.tls_handshake_timeout),
             max_line: match proto {
                 Proto::Line => self.cfg.max_line,
                 Proto::Irc => protocol::irc::MAX_LINE,
@@ -282,7 +293,7 @@ impl Master {
                 let watched = self
                     .epoll
                     .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id));
-                let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), proto, mine);
+                let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), service, mine);
                 if let Err(e) = watched {
                     // The child cannot be heard: end it; the reaper cleans up.
                     error!(event = "fork_failed", peer = %peer, error = %e, "cannot watch the child for {peer}: {e}");
@@ -297,12 +308,14 @@ impl Master {
                     pid = pid.as_raw(),
                     peer = %peer,
                     protocol = ?proto,
+                    tls = service.tls,
                     nick = %nick,
-                    "{nick} connected from {peer}"
+                    "{nick} connected from {peer} ({service})"
                 );
-                // A line-protocol client is in the room at once; an IRC
-                // client joins once registered (a Join request).
-                if proto == Proto::Line {
+                // A plain line-protocol client is in the room at once; a
+                // TLS one after its handshake and an IRC client once
+                // registered (a Join request).
+                if proto == Proto::Line && !service.tls {
                     self.relay
                         .emit(id, Event::new(Kind::Join, &nick, "").encode());
                 }

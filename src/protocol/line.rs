@@ -162,6 +162,8 @@ impl Session for Line {
             Kind::NickOk => line(out, NOTICE, &["you are now ", t]),
             Kind::NickError => line(out, ERR, &["nick ", n, " ", t]),
             Kind::NoSuchNick => line(out, ERR, &["no such nick: ", n]),
+            // The answer to joining: a line client's greeting said it all.
+            Kind::Names if ev.flags == List::Joined as u8 => {}
             Kind::Names => {
                 let count = t.split(' ').filter(|s| !s.is_empty()).count();
                 let mut l = format!("{count} online:");

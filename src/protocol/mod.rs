@@ -33,6 +33,26 @@ pub enum Proto {
     Irc,
 }
 
+/// What a listener speaks: a protocol, over TLS or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Service {
+    pub proto: Proto,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.proto {
+            Proto::Line => "line",
+            Proto::Irc => "IRC",
+        };
+        match self.tls {
+            true => write!(f, "{p} over TLS"),
+            false => f.write_str(p),
+        }
+    }
+}
+
 /// What a client asks of the master (through its ring).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ask {

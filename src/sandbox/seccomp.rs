@@ -187,6 +187,8 @@ pub fn child() -> Allowlist {
         )
         .allow_if("futex", libc::SYS_futex, one_of(1, FUTEX_OPS))
         .allow("clock_gettime", libc::SYS_clock_gettime)
+        // TLS: the handshake's key exchange and nonces (ring).
+        .allow("getrandom", libc::SYS_getrandom)
         .allow("getpid", libc::SYS_getpid)
         .allow("gettid", libc::SYS_gettid)
         .allow("rt_sigreturn", libc::SYS_rt_sigreturn)
@@ -324,7 +326,7 @@ mod tests {
         // README.md ("Security") and ARCHITECTURE.md list these; change
         // them together.
         let documented = "recvfrom sendto epoll_wait epoll_pwait write shutdown close brk \
-            mmap munmap mprotect madvise futex clock_gettime getpid gettid \
+            mmap munmap mprotect madvise futex clock_gettime getrandom getpid gettid \
             rt_sigreturn restart_syscall exit exit_group";
         assert_eq!(child().names().join(" "), documented);
         assert_eq!(
