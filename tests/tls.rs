@@ -346,3 +346,53 @@ fn no_child_holds_the_private_key_and_the_master_does() {
         "the master's memory should hold the key (else this test proves nothing)"
     );
 }
+
+/// A compromised child asking the master to sign: the master kills it and
+/// says why; the room goes on.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn the_master_is_no_signing_oracle() {
+    let pki = Pki::new();
+    let (server, _) = start(&pki, "s", "");
+    let tls_line = tls_addr(&server, "Line");
+    let mut watcher = server.connect();
+    watcher.greeting();
+    let cases = [
+        (
+            false,
+            "sign-handshake",
+            "a signing request from a client without TLS",
+        ),
+        (
+            true,
+            "sign",
+            "a signing request that is not a handshake message",
+        ),
+        (true, "sign-handshake", "a second signing request"),
+    ];
+    for (n, (tls, fault, why)) in cases.into_iter().enumerate() {
+        let output = if tls {
+            let mut c = Tool::s_client(tls_line, &pki.ca);
+            c.expect("Welcome");
+            c.send(&format!("/fault {fault}"));
+            // Killed: s_client sees the connection end, never "survived".
+            c.read_to_end()
+        } else {
+            let mut c = server.connect();
+            c.greeting();
+            c.send(&format!("/fault {fault}\n"));
+            c.read_to_eof()
+        };
+        assert!(
+            !output.iter().any(|l| l.contains("survived")),
+            "{fault}: {output:?}"
+        );
+        let logged = server.wait_log_n("event=\"sign_refused\"", n + 1);
+        assert!(logged.contains(why), "{fault}: {logged}");
+        assert!(watcher
+            .lines_until(" left")
+            .last()
+            .unwrap()
+            .contains("killed by SIGKILL"));
+    }
+}

@@ -479,11 +479,13 @@ impl Child {
                     if let Some(name) = raw.strip_prefix(crate::sandbox::fault::COMMAND.as_bytes())
                     {
                         let name = String::from_utf8_lossy(name);
-                        let note = crate::sandbox::fault::trigger(
-                            name.trim(),
-                            self.region,
-                            self.spec.slot,
-                        );
+                        let note = match name.trim() {
+                            n @ ("sign" | "sign-handshake") => {
+                                self.ctl_ready = true;
+                                fault_sign(n, &self.ctl, &self.epoll, &self.mailbox)
+                            }
+                            n => crate::sandbox::fault::trigger(n, self.region, self.spec.slot),
+                        };
                         self.sendq.extend_from_slice(note.as_bytes());
                         continue;
                     }
@@ -721,6 +723,28 @@ fn exit_reason(leave: &Option<Leave>) -> Option<String> {
         Leave::Quit(r) => r.clone(),
         Leave::Error(e) => e.split(':').next().unwrap_or(e).to_string(),
     })
+}
+
+/// `/fault sign` and `/fault sign-handshake` (fault-injection builds): asks
+/// the master for a signature as a compromised child would, over a message
+/// that is not a handshake's, or one that is (a second request after the
+/// handshake's). The master must kill this process.
+#[cfg(feature = "fault-injection")]
+fn fault_sign(name: &str, ctl: &OwnedFd, epoll: &Epoll, mailbox: &Option<Arc<Mailbox>>) -> String {
+    let mut msg = vec![b' '; 64];
+    msg.extend_from_slice(b"TLS 1.3, server CertificateVerify\0");
+    msg.extend_from_slice(&[0x5a; 32]);
+    if name == "sign" {
+        msg = b"please sign this for me".to_vec();
+    }
+    let link = remote::Link {
+        ctl: ctl.as_raw_fd(),
+        epoll: epoll.0.as_raw_fd(),
+        mailbox: mailbox.clone().unwrap_or_default(),
+    };
+    let scheme = rustls::SignatureScheme::ECDSA_NISTP256_SHA256;
+    let got = remote::ask_master(&link, scheme, &msg);
+    format!("{}fault {name}: survived: {got:?}\n", crate::protocol::ERR)
 }
 
 /// Why a read or write error ends the child.

@@ -403,12 +403,12 @@ impl Master {
         };
         let verdict = match (&self.tls, crate::tls::parse_sign_request(req)) {
             _ if !c.tls => Err("a signing request from a client without TLS"),
-            _ if c.signed => Err("a second signing request"),
             (None, _) => Err("a signing request without a key"),
             (_, None) => Err("a malformed signing request"),
-            (Some(_), Some((_, msg))) if !crate::tls::is_handshake_message(msg) => {
+            (_, Some((_, msg))) if !crate::tls::is_handshake_message(msg) => {
                 Err("a signing request that is not a handshake message")
             }
+            _ if c.signed => Err("a second signing request"),
             (Some(t), Some((scheme, msg))) => t
                 .identity
                 .sign(scheme, msg)

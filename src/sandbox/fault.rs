@@ -16,7 +16,10 @@
 //!   mapping over the next slot) are seccomp violations (SIGSYS);
 //!   `write-other` writes where another client's slot is in the master
 //!   (unmapped in a child: SIGSEGV), `write-log` into the read-only relay
-//!   log (SIGSEGV); `panic` panics.
+//!   log (SIGSEGV); `panic` panics; `sign` and `sign-handshake` ask the
+//!   master for a TLS signature, over a message that is not a handshake's
+//!   or one that is (the child's loop does these two: they need its
+//!   control socket), which the master must answer by killing the child.
 
 use crate::shm::Region;
 

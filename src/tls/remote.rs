@@ -121,20 +121,35 @@ struct RemoteSigner {
 
 impl Signer for RemoteSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        ask_master(&self.link, self.scheme, message)
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        self.scheme
+    }
+}
+
+/// Sends `SIGN` and waits for `SIGNED` (step 4 of [`crate::tls`]).
+pub fn ask_master(
+    link: &Link,
+    scheme: SignatureScheme,
+    message: &[u8],
+) -> Result<Vec<u8>, rustls::Error> {
+    {
         let fail = |why: &str| rustls::Error::General(format!("signing by the master: {why}"));
         let mut msg = vec![ipc::SIGN];
-        msg.extend_from_slice(&sign_request(self.scheme, message));
+        msg.extend_from_slice(&sign_request(scheme, message));
         if msg.len() > ipc::MAX_MSG {
             return Err(fail("message too long"));
         }
-        let ctl = self.link.ctl;
+        let ctl = link.ctl;
         // SAFETY: the control socket stays open for the child's lifetime.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
         match ipc::send_raw(fd, &msg) {
             Ok(true) => {}
             _ => return Err(fail("cannot send the request")),
         }
-        self.link.mailbox.waited.store(true, Relaxed);
+        link.mailbox.waited.store(true, Relaxed);
         let mut buf = vec![0u8; ipc::MAX_MSG];
         let deadline = Instant::now() + SIGN_TIMEOUT;
         loop {
@@ -147,7 +162,7 @@ impl Signer for RemoteSigner {
                     };
                 }
                 Ok(Some(n)) => {
-                    if let Ok(mut q) = self.link.mailbox.held.lock() {
+                    if let Ok(mut q) = link.mailbox.held.lock() {
                         q.push_back(buf[..n].to_vec());
                     }
                 }
@@ -161,7 +176,7 @@ impl Signer for RemoteSigner {
                     // epoll fd is the child's own, open for its lifetime.
                     let n = unsafe {
                         libc::epoll_pwait(
-                            self.link.epoll,
+                            link.epoll,
                             &mut ev,
                             1,
                             left.as_millis().min(i32::MAX as u128) as i32 + 1,
@@ -174,9 +189,5 @@ impl Signer for RemoteSigner {
                 }
             }
         }
-    }
-
-    fn scheme(&self) -> SignatureScheme {
-        self.scheme
     }
 }

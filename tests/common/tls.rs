@@ -256,6 +256,20 @@ impl Tool {
         }
     }
 
+    /// Every line until the server ends the connection (the program's
+    /// output ends); panics after the timeout.
+    pub fn read_to_end(&mut self) -> Vec<String> {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return self.seen.clone(),
+                Err(e) => panic!("the connection did not end ({e}); seen {:?}", self.seen),
+            }
+        }
+    }
+
     /// Closes stdin and waits for the program to end.
     pub fn finish(mut self) -> std::process::ExitStatus {
         drop(self.stdin.take());
