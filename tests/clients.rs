@@ -261,3 +261,55 @@ fn irssi_chats_with_line_and_irc_users() {
     bob.expect("* ir2 left (bye from irssi)");
     carol.expect(":ir2!ir2@chatd QUIT :bye from irssi");
 }
+
+#[test]
+fn weechat_over_tls_verifies_chatd_and_chats() {
+    if !have("weechat-headless") {
+        return;
+    }
+    let pki = common::tls::Pki::new();
+    let id = pki.issue("s", 30);
+    let cfg = format!("{}{}", render(&base_config()), common::tls::tls_config(&id));
+    let server = Server::start_text(&cfg, &[]);
+    let port = common::tls::tls_addr(&server, "Irc").port();
+    let (mut bob, mut carol) = others(&server);
+    let dir = TempDir::new();
+    // Verification on (WeeChat's default), against the test CA only.
+    // WeeChat 3.8 (Debian 12) calls the options ssl, 4.0 and later tls:
+    // both are set, one of them is unknown.
+    let script = format!(
+        "/set logger.file.flush_delay 0; \
+         /set irc.server_default.anti_flood_prio_high 0; \
+         /set irc.server_default.anti_flood_prio_low 0; \
+         /set weechat.network.gnutls_ca_system off; \
+         /set weechat.network.gnutls_ca_user {}; \
+         /server add t 127.0.0.1/{port}; \
+         /set irc.server.t.ssl on; /set irc.server.t.tls on; \
+         /set irc.server.t.ssl_verify on; /set irc.server.t.tls_verify on; \
+         /set irc.server.t.nicks wctls; /connect t; \
+         /wait 3 /msg -server t #chatd hi over tls; \
+         /wait 5 /quit bye over tls",
+        pki.ca.display()
+    );
+    let mut wc = Proc(
+        Command::new("weechat-headless")
+            .arg("--dir")
+            .arg(&dir.0)
+            .args(["-r", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weechat-headless"),
+    );
+    bob.expect("* wctls joined");
+    bob.expect("<wctls> hi over tls");
+    carol.expect(":wctls!wctls@chatd PRIVMSG #chatd :hi over tls");
+    bob.send("hello tls weechat\n");
+    bob.expect("* wctls left (bye over tls)");
+    let status = wait_for(TIMEOUT, || wc.0.try_wait().ok().flatten()).expect("weechat exits");
+    assert!(status.success(), "weechat-headless: {status}");
+    let chan = wait_file(&dir.0.join("logs/irc.t.#chatd.weechatlog"), "disconnected");
+    assert!(chan.contains("bob\thello tls weechat"), "{chan}");
+    server.wait_log("protocol=Irc tls=true nick=guest-");
+}

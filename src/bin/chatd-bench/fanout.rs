@@ -110,6 +110,9 @@ struct Conn {
     stable: Option<usize>,
     partial: Vec<u8>,
     out: Vec<u8>,
+    /// With `--tls`: the connection's TLS state, and its plaintext.
+    tls: Option<Box<crate::tls::Tls>>,
+    plain: Vec<u8>,
 }
 
 struct Sender {
@@ -173,7 +176,11 @@ impl<'a> Run<'a> {
             stable,
             partial: Vec::new(),
             out: Vec::new(),
+            tls: crate::tls::enabled().then(|| Box::new(crate::tls::Tls::new())),
+            plain: Vec::new(),
         });
+        // TLS: the ClientHello goes out now.
+        self.flush(idx);
         Ok(idx)
     }
 
@@ -213,8 +220,18 @@ impl<'a> Run<'a> {
         let Some(c) = self.conns[idx].as_mut() else {
             return;
         };
-        write_queued(&mut c.stream, &mut c.out);
-        let flags = if c.out.is_empty() {
+        let waiting = match &mut c.tls {
+            None => {
+                write_queued(&mut c.stream, &mut c.out);
+                !c.out.is_empty()
+            }
+            Some(t) => {
+                t.send(&c.out);
+                c.out.clear();
+                t.flush(&mut c.stream).unwrap_or(false)
+            }
+        };
+        let flags = if !waiting {
             EpollFlags::EPOLLIN
         } else {
             EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
@@ -253,6 +270,25 @@ impl<'a> Run<'a> {
                 let now_mono = self.start.elapsed().as_nanos() as i128;
                 ((now_mono - (wall_ns() - ns)).max(0) / 1000) as u64
             });
+            if let Some(t) = c.tls.as_mut() {
+                // Over TLS the kernel's stamp is the ciphertext's arrival.
+                let mut plain = std::mem::take(&mut c.plain);
+                plain.clear();
+                if t.feed(&buf[..n], &mut plain).is_err() {
+                    self.out.closed += 1;
+                    self.remove(idx);
+                    return;
+                }
+                self.consume(idx, &plain, arrival_us);
+                self.flush(idx);
+                if let Some(c) = self.conns[idx].as_mut() {
+                    c.plain = plain;
+                }
+                if n < buf.len() {
+                    return;
+                }
+                continue;
+            }
             self.consume(idx, &buf[..n], arrival_us);
             if n < buf.len() {
                 return;

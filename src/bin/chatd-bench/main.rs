@@ -26,6 +26,7 @@ mod server;
 mod soak;
 mod stalls;
 mod storm;
+mod tls;
 mod wakes;
 
 use anyhow::{bail, Context, Result};
@@ -77,6 +78,10 @@ struct Cli {
     /// ngircd, which must be installed: apt-get install ngircd).
     #[arg(long)]
     no_irc: bool,
+    /// Suite: leave out the TLS scenarios (chatd's TLS ports against its
+    /// plain ones).
+    #[arg(long)]
+    no_tls: bool,
 }
 
 #[derive(Args, Clone)]
@@ -96,6 +101,10 @@ struct Target {
     /// With --addr: the server's master pid, for CPU and memory figures.
     #[arg(long, global = true)]
     pid: Option<i32>,
+    /// Subcommands: speak TLS to chatd's TLS port for the protocol (a test
+    /// certificate the bench brings; chatd only).
+    #[arg(long, global = true)]
+    tls: bool,
 }
 
 /// `chatd-bench fanout`'s options: one fan-out scenario.
@@ -219,6 +228,9 @@ fn kind(t: &Target) -> Result<Kind> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.target.tls {
+        tls::enable();
+    }
     let nofile = server::raise_nofile();
     match cli.cmd {
         None => suite(&cli, nofile),
@@ -457,6 +469,29 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         eprintln!("  {v}");
         results[i].insert("memory N=1000".into(), v);
     }
+    // TLS: chatd's TLS ports beside its plain ones (the same run's figures).
+    let mut tls_results: Vec<Map<String, Value>> = vec![Map::new(); 2];
+    if !cli.no_tls {
+        let (name, spec) = scenarios(cli.max_secs).remove(0);
+        let fan = fanout_args(&spec);
+        let storm = ["storm", "-n", "1000"].map(String::from).to_vec();
+        let memory = ["memory", "-n", "1000"].map(String::from).to_vec();
+        for (name, args) in [
+            (name, fan),
+            ("storm 1000", storm),
+            ("memory N=1000", memory),
+        ] {
+            eprintln!("{name}: chatd over TLS");
+            let mut args = args;
+            args.push("--tls".into());
+            let v = in_own_process(&kinds[0], &cli.target, &args)?;
+            eprintln!("  {v}");
+            tls_results[0].insert(name.into(), v);
+            if let Some(plain) = results[0].get(name) {
+                tls_results[1].insert(name.into(), plain.clone());
+            }
+        }
+    }
     if cli.crowd {
         eprintln!("crowd 4000: chatd");
         let s = Server::start(&kinds[0], 4000)?;
@@ -485,6 +520,10 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
     if !cli.no_irc {
         out!("")?;
         print_table(&irc_kinds, &irc_results)?;
+    }
+    if !cli.no_tls {
+        out!("")?;
+        print_columns("chatd TLS", &[("plain".into(), true)], &tls_results)?;
     }
     out!("before the runs, {noise_summary}")?;
     out!("and {wake_summary}")?;
@@ -666,6 +705,7 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
     ("storm 1000", "usable in 0.5 s", "usable_in_0_5s", 0),
     ("storm 1000", "usable in 3 s", "usable", 0),
     ("storm 1000", "refused or closed", "refused", 0),
+    ("storm 1000", "last usable ms", "last_usable_ms", 0),
     ("memory N=1000", "KiB/client PSS+PTE", "per_client_kib", 1),
     ("memory N=1000", "KiB/client PSS", "pss_per_client_kib", 1),
     ("memory N=1000", "KiB/client PTE", "pte_per_client_kib", 1),
@@ -714,12 +754,25 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
 /// chatd/X beside the anchors (the previous release, the seed, ngircd; not
 /// the floor, which is a ceiling, not a rival).
 fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) -> Result<()> {
-    let ratio = |k: &Kind| !matches!(k, Kind::Floor);
-    let mut header = format!("{:<30} {:<26} {:>12}", "scenario", "figure", "chatd");
-    for k in &kinds[1..] {
-        header.push_str(&format!(" {:>12}", k.name()));
-        if ratio(k) {
-            header.push_str(&format!(" {:>14}", format!("chatd/{}", k.name())));
+    let others: Vec<(String, bool)> = kinds[1..]
+        .iter()
+        .map(|k| (k.name().to_string(), !matches!(k, Kind::Floor)))
+        .collect();
+    print_columns("chatd", &others, results)
+}
+
+/// A table: the first column `first`, then each other (name, with a ratio
+/// first/name beside it or not).
+fn print_columns(
+    first: &str,
+    others: &[(String, bool)],
+    results: &[Map<String, Value>],
+) -> Result<()> {
+    let mut header = format!("{:<30} {:<26} {:>12}", "scenario", "figure", first);
+    for (name, ratio) in others {
+        header.push_str(&format!(" {name:>12}"));
+        if *ratio {
+            header.push_str(&format!(" {:>14}", format!("{first}/{name}")));
         }
     }
     out!("{header}")?;
@@ -746,9 +799,9 @@ fn print_table(kinds: &[Kind], results: &[Map<String, Value>]) -> Result<()> {
             None => format!(" {:>12}", "-"),
         };
         let mut row = format!("{name:<30} {label:<26}{}", cell(vals[0]));
-        for (k, v) in kinds[1..].iter().zip(&vals[1..]) {
+        for ((_, ratio), v) in others.iter().zip(&vals[1..]) {
             row.push_str(&cell(*v));
-            if ratio(k) {
+            if *ratio {
                 match (vals[0], *v) {
                     (Some(a), Some(b)) if b != 0.0 => row.push_str(&format!(" {:>14.2}", a / b)),
                     _ => row.push_str(&format!(" {:>14}", "-")),

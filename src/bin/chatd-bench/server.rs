@@ -101,6 +101,15 @@ impl Server {
         if irc && matches!(kind, Kind::Seed(_)) {
             bail!("{} does not speak IRC", kind.name());
         }
+        let tls = crate::tls::enabled();
+        if tls
+            && !matches!(
+                kind,
+                Kind::Chatd(_) | Kind::Previous(_) | Kind::External(..)
+            )
+        {
+            bail!("{} is not run with TLS here", kind.name());
+        }
         let (mut cmd, dir) = match kind {
             Kind::External(addr, pid) => {
                 return Ok(Server {
@@ -135,7 +144,22 @@ impl Server {
                         dir.join("empty").display()
                     ),
                 )?;
-                let port = if irc { irc_port } else { line_port };
+                let mut port = if irc { irc_port } else { line_port };
+                if tls {
+                    // The same scenario over TLS: the TLS port of the
+                    // protocol instead of the plain one.
+                    let (cert, key) = crate::tls::write_server_files(&dir)?;
+                    port = free_port()?;
+                    let key_name = if irc { "ircs_listen" } else { "tls_listen" };
+                    let mut f = std::fs::OpenOptions::new().append(true).open(&config)?;
+                    use std::io::Write as _;
+                    writeln!(
+                        f,
+                        "{key_name} = [\"127.0.0.1:{port}\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+                        cert.display(),
+                        key.display()
+                    )?;
+                }
                 let mut c = Command::new(bin);
                 c.arg("--config").arg(&config);
                 (c, Some((dir, port)))

@@ -11,12 +11,13 @@
 
 use crate::marker;
 use crate::server::{wait_until, Server};
+use crate::tls::Stream;
 use anyhow::Result;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Default, Clone)]
@@ -49,12 +50,20 @@ fn sockaddr(addr: SocketAddr) -> SockaddrIn {
 
 pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-    let mut beacon = TcpStream::connect(server.addr)?;
-    beacon.set_nonblocking(true)?;
+    // Over TLS (chatd only, which greets), no beacon: a connection is
+    // usable once its handshake is done and the greeting arrived.
+    let tls = crate::tls::enabled();
+    let mut beacon = match tls {
+        true => None,
+        false => Some(TcpStream::connect(server.addr)?),
+    };
+    if let Some(b) = &beacon {
+        b.set_nonblocking(true)?;
+    }
     wait_until(Duration::from_secs(2), || {
-        server.pid.is_none() || !server.children().is_empty()
+        tls || server.pid.is_none() || !server.children().is_empty()
     });
-    let mut fds: Vec<OwnedFd> = Vec::with_capacity(n);
+    let mut fds: Vec<Stream> = Vec::with_capacity(n);
     let mut st = vec![St::Connecting; n];
     let mut out = StormOutcome {
         attempted: n,
@@ -80,7 +89,7 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
                 out.refused += 1;
             }
         }
-        fds.push(fd);
+        fds.push(Stream::new(TcpStream::from(fd)));
     }
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut buf = vec![0u8; 16 * 1024];
@@ -95,11 +104,14 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
         if pending == 0 || t0.elapsed() > PATIENCE {
             break;
         }
-        if beacon_at.elapsed() >= Duration::from_millis(20) {
+        if let Some(b) = beacon
+            .as_mut()
+            .filter(|_| beacon_at.elapsed() >= Duration::from_millis(20))
+        {
             line.clear();
             marker::encode(&mut line, 0, seq, 0, marker::MIN_SIZE);
             seq += 1;
-            let _ = beacon.write_all(&line);
+            let _ = b.write_all(&line);
             beacon_at = Instant::now();
         }
         let k = match epoll.wait(&mut events, EpollTimeout::from(5u16)) {
@@ -109,17 +121,18 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
         };
         for ev in &events[..k] {
             let i = ev.data() as usize;
-            let fd = &fds[i];
+            let fd = &mut fds[i];
             if st[i] == St::Connecting {
-                match socket::getsockopt(fd, sockopt::SocketError) {
-                    Ok(0) => {
+                match socket::getsockopt(&fd.sock, sockopt::SocketError) {
+                    Ok(0) if fd.flush().is_ok() => {
                         st[i] = St::Open;
-                        epoll.modify(fd, &mut EpollEvent::new(EpollFlags::EPOLLIN, i as u64))?;
+                        let mut e = EpollEvent::new(EpollFlags::EPOLLIN, i as u64);
+                        epoll.modify(&fd.sock, &mut e)?;
                     }
                     _ => {
                         st[i] = St::Dead;
                         out.refused += 1;
-                        epoll.delete(fd)?;
+                        epoll.delete(&fd.sock)?;
                         continue;
                     }
                 }
@@ -128,15 +141,16 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
                 .events()
                 .intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLHUP)
             {
-                match nix::unistd::read(fd, &mut buf) {
-                    Ok(0) | Err(nix::errno::Errno::ECONNRESET) => {
+                match fd.pump(&mut buf) {
+                    Ok(None) | Err(_) => {
                         if st[i] == St::Open {
                             out.closed += 1;
                         }
                         st[i] = St::Dead;
-                        epoll.delete(fd)?;
+                        epoll.delete(&fd.sock)?;
                     }
-                    Ok(_) => {
+                    Ok(Some(0)) => {}
+                    Ok(Some(_)) => {
                         if st[i] == St::Open {
                             st[i] = St::Usable;
                             out.usable += 1;
@@ -148,12 +162,11 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
                             // Read on, so that nothing backs up.
                         }
                     }
-                    Err(_) => {}
                 }
             }
         }
         // Keep the beacon's socket drained.
-        while let Ok(n) = beacon.read(&mut buf) {
+        while let Some(Ok(n)) = beacon.as_mut().map(|b| b.read(&mut buf)) {
             if n == 0 {
                 break;
             }
@@ -170,13 +183,15 @@ const IDLE: Duration = Duration::from_secs(3);
 /// Connects `n` idle clients, reads what the server sends them until it is
 /// quiet, and returns (PSS, page tables, processes) of the server tree,
 /// and the clients (still connected until dropped).
-pub fn idle_memory(server: &Server, n: usize) -> Result<((u64, u64, usize), Vec<TcpStream>)> {
+pub fn idle_memory(server: &Server, n: usize) -> Result<((u64, u64, usize), Vec<Stream>)> {
     let mut clients = Vec::with_capacity(n);
     let mut buf = vec![0u8; 64 * 1024];
     let mut lag = 0;
     for i in 0..n {
         let s = TcpStream::connect(server.addr)?;
         s.set_nonblocking(true)?;
+        let mut s = Stream::new(s);
+        s.flush()?;
         clients.push(s);
         server.pace(i, &mut lag);
         if i % 64 == 63 {
@@ -197,13 +212,10 @@ pub fn idle_memory(server: &Server, n: usize) -> Result<((u64, u64, usize), Vec<
     Ok((server.memory(), clients))
 }
 
-fn drain(clients: &mut [TcpStream], buf: &mut [u8]) -> usize {
+fn drain(clients: &mut [Stream], buf: &mut [u8]) -> usize {
     let mut total = 0;
     for c in clients.iter_mut() {
-        while let Ok(k) = c.read(buf) {
-            if k == 0 {
-                break;
-            }
+        if let Ok(Some(k)) = c.pump(buf) {
             total += k;
         }
     }
