@@ -5,7 +5,7 @@
 //! the host; tests/all.sh does exactly that with the freshly built .deb
 //! (`CHATD_E2E_DEB`). The container shares the host's network, so clients
 //! connect to 127.0.0.1:PORT from here, and every command inside goes
-//! through `deploy/container.sh exec` (nsenter). One test, ten steps in the
+//! through `deploy/container.sh exec` (nsenter). One test, eleven steps in the
 //! order of issue 5, since each step starts from the state the last left.
 mod common;
 
@@ -433,7 +433,68 @@ fn debian_package_on_real_systemd() {
     assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
     assert_eq!(ct.prop("chatd.service", "Result"), "success");
 
-    step(9, "systemd-analyze security chatd.service");
+    step(
+        9,
+        "TLS: the key as a credential (root-only file); chatd-tls.socket starts chatd; a TLS client chats; reload with a renewed certificate",
+    );
+    let pki = common::tls::Pki::new();
+    let id = pki.issue("e2e", 30);
+    let tls_port = free_port();
+    let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let cert_pem = std::fs::read_to_string(&id.cert).unwrap();
+    let key_pem = std::fs::read_to_string(&id.key).unwrap();
+    ct.sh(&format!(
+        "mkdir -p /etc/chatd/tls /etc/systemd/system/chatd.service.d \
+           /etc/systemd/system/chatd-tls.socket.d && \
+         umask 077 && printf '%s' '{key_pem}' > /etc/chatd/tls/key.pem && \
+         umask 022 && printf '%s' '{cert_pem}' > /etc/chatd/tls/cert.pem && \
+         printf '[Service]\nLoadCredential=tls.key:/etc/chatd/tls/key.pem\n' \
+           > /etc/systemd/system/chatd.service.d/tls.conf && \
+         printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:{tls_port}\n' \
+           > /etc/systemd/system/chatd-tls.socket.d/port.conf && \
+         printf '\ntls_cert = \"/etc/chatd/tls/cert.pem\"\n' >> /etc/chatd/chatd.toml && \
+         systemctl daemon-reload && systemctl enable --now chatd-tls.socket"
+    ));
+    assert_eq!(ct.sh("stat -c '%U %a' /etc/chatd/tls/key.pem"), "root 600");
+    assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
+    // The first connection, on the TLS socket, starts chatd.
+    let mut t = common::tls::Tool::s_client(tls_addr, &pki.ca);
+    let t_nick = t
+        .expect("Welcome")
+        .split("You are ")
+        .nth(1)
+        .and_then(|r| r.split('.').next())
+        .unwrap()
+        .to_string();
+    let mut plain = Client::connect(addr);
+    plain.greeting();
+    t.send("hello over tls from the host");
+    plain.expect(&format!("<{t_nick}> hello over tls from the host"));
+    plain.send("and back\n");
+    t.expect("and back");
+    ct.wait_event("TLS certificate loaded", |v| {
+        field(v, "CHATD_EVENT") == "tls" && field(v, "CHATD_SERIAL") == id.serial
+    });
+    // Renewed for the same key: the certificate file is replaced and a
+    // reload serves it; the TLS client stays.
+    let renewed = pki.renew(&id, "renewed");
+    let renewed_pem = std::fs::read_to_string(&renewed.cert).unwrap();
+    ct.sh(&format!(
+        "printf '%s' '{renewed_pem}' > /etc/chatd/tls/cert.pem && systemctl reload chatd"
+    ));
+    ct.wait_event("TLS certificate reloaded", |v| {
+        field(v, "CHATD_EVENT") == "tls" && field(v, "CHATD_SERIAL") == renewed.serial
+    });
+    assert_eq!(
+        common::tls::served_serial(tls_addr, &pki.ca),
+        renewed.serial
+    );
+    t.send("still here after the reload");
+    plain.expect("still here after the reload");
+    ct.sh("systemctl stop chatd.service chatd-tls.socket");
+    t.expect("server shutting down");
+
+    step(10, "systemd-analyze security chatd.service");
     let (_, sec) = ct.try_sh("systemd-analyze security chatd.service --no-pager");
     let overall = sec
         .lines()
@@ -449,7 +510,7 @@ fn debian_package_on_real_systemd() {
         .unwrap();
     assert!(level <= 0.9, "exposure {level} above the 0.9 target");
 
-    step(10, "apt-get remove, then purge");
+    step(11, "apt-get remove, then purge");
     ct.sh("apt-get remove -y -q chatd >/dev/null 2>&1");
     assert!(ct.chatd_pids().is_empty());
     for unit in ["chatd.socket", "chatd.service"] {

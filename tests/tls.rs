@@ -396,3 +396,40 @@ fn the_master_is_no_signing_oracle() {
             .contains("killed by SIGKILL"));
     }
 }
+
+#[test]
+fn systemd_credentials_take_precedence_one_by_one() {
+    let pki = Pki::new();
+    let id = pki.issue("s", 30);
+    let other = pki.issue("other", 30);
+    // The key as a credential; the certificate from tls_cert; tls_key
+    // names another key, which the credential overrides.
+    let creds = common::TempDir::new();
+    std::fs::copy(&id.key, creds.0.join("tls.key")).unwrap();
+    // systemd makes a credential readable by the service user (nobody
+    // here, started as root by the tests).
+    use std::os::unix::fs::PermissionsExt;
+    let readable = std::fs::Permissions::from_mode(0o644);
+    std::fs::set_permissions(creds.0.join("tls.key"), readable).unwrap();
+    let cfg = format!(
+        "{}tls_listen = [\"127.0.0.1:0\"]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        render(&base_config()),
+        id.cert.display(),
+        other.key.display()
+    );
+    let (mut cmd, dir, path) = Server::command(&cfg);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds.0);
+    let server = Server::spawn(cmd, dir, path);
+    let tls_line = tls_addr(&server, "Line");
+    assert_eq!(served_serial(tls_line, &pki.ca), id.serial);
+    // A renewal that keeps the key: the certificate file is replaced and a
+    // reload serves it, the key still from the credential.
+    let renewed = pki.renew(&id, "renewed");
+    std::fs::copy(&renewed.cert, &id.cert).unwrap();
+    server.signal(libc::SIGHUP);
+    server.wait_log(&format!(
+        "TLS certificate reloaded: CN=localhost (serial {}",
+        renewed.serial
+    ));
+    assert_eq!(served_serial(tls_line, &pki.ca), renewed.serial);
+}

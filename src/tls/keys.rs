@@ -198,20 +198,22 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// `$CREDENTIALS_DIRECTORY/tls.crt` and `tls.key` when both exist,
-    /// else the configured paths.
+    /// `$CREDENTIALS_DIRECTORY/tls.crt` and `tls.key` where they exist
+    /// (each on its own: a credential key with a certificate file that a
+    /// renewal replaces and a reload reads), else the configured paths.
     pub fn open(cert: &Path, key: &Path) -> Result<Sources, TlsError> {
-        let (cert, key) = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-            Some(d)
-                if Path::new(&d).join(CRED_CERT).exists()
-                    && Path::new(&d).join(CRED_KEY).exists() =>
-            {
-                (Path::new(&d).join(CRED_CERT), Path::new(&d).join(CRED_KEY))
-            }
-            _ if cert.as_os_str().is_empty() || key.as_os_str().is_empty() => {
-                return Err(TlsError::NotConfigured)
-            }
-            _ => (cert.to_path_buf(), key.to_path_buf()),
+        let creds = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let pick = |name: &str, configured: &Path| match creds
+            .as_ref()
+            .map(|d| d.join(name))
+            .filter(|p| p.exists())
+        {
+            Some(p) => Some(p),
+            None if configured.as_os_str().is_empty() => None,
+            None => Some(configured.to_path_buf()),
+        };
+        let (Some(cert), Some(key)) = (pick(CRED_CERT, cert), pick(CRED_KEY, key)) else {
+            return Err(TlsError::NotConfigured);
         };
         Ok(Sources {
             cert: Pinned::open(&cert)?,
