@@ -433,3 +433,32 @@ fn systemd_credentials_take_precedence_one_by_one() {
     ));
     assert_eq!(served_serial(tls_line, &pki.ca), renewed.serial);
 }
+
+#[test]
+fn every_key_type_signs_tls_1_2_and_1_3_handshakes() {
+    let pki = Pki::new();
+    let keys: [(&str, &[&str]); 4] = [
+        (
+            "p256",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
+        (
+            "p384",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"],
+        ),
+        ("ed25519", &["-newkey", "ed25519"]),
+        ("rsa", &["-newkey", "rsa:2048"]),
+    ];
+    for (name, newkey) in keys {
+        let id = pki.issue_with(name, newkey);
+        let cfg = format!("{}{}", render(&base_config()), tls_config(&id));
+        let server = Server::start_text(&cfg, &[]);
+        let addr = tls_addr(&server, "Line");
+        for version in ["-tls1_2", "-tls1_3"] {
+            let mut c = Tool::s_client_with(addr, &pki.ca, &[version]);
+            c.expect("Welcome");
+        }
+        // Two handshakes, two signatures, nothing refused.
+        assert!(server.find_log("sign_refused").is_none(), "{name}");
+    }
+}

@@ -115,18 +115,25 @@ impl Pki {
     }
 
     fn issue_dated(&self, name: &str, dates: &[&str]) -> Issued {
+        let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
+        self.issue_key(name, dates, &p256)
+    }
+
+    /// A 30-day certificate with a new key made by these `openssl req`
+    /// arguments (e.g. `-newkey rsa:2048`, `-newkey ed25519`).
+    pub fn issue_with(&self, name: &str, newkey: &[&str]) -> Issued {
+        self.issue_key(name, &["-days", "30"], newkey)
+    }
+
+    fn issue_key(&self, name: &str, dates: &[&str], newkey: &[&str]) -> Issued {
         let d = &self.dir.0;
         let key = d.join(format!("{name}-key.pem"));
         let csr = d.join(format!("{name}.csr"));
         let cert = d.join(format!("{name}.pem"));
         run(Command::new("openssl")
-            .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
-            .args([
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-subj",
-                "/CN=localhost",
-            ])
+            .args(["req", "-new"])
+            .args(newkey)
+            .args(["-nodes", "-subj", "/CN=localhost"])
             .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
             .arg("-keyout")
             .arg(&key)
@@ -219,6 +226,11 @@ pub struct Tool {
 impl Tool {
     /// `openssl s_client -quiet`, verifying the server against `ca`.
     pub fn s_client(addr: SocketAddr, ca: &Path) -> Tool {
+        Tool::s_client_with(addr, ca, &[])
+    }
+
+    /// [`Tool::s_client`] with more options (`-tls1_2`, `-tls1_3`).
+    pub fn s_client_with(addr: SocketAddr, ca: &Path, extra: &[&str]) -> Tool {
         let mut c = Command::new("openssl");
         c.args([
             "s_client",
@@ -228,7 +240,8 @@ impl Tool {
             "-CAfile",
         ])
         .arg(ca)
-        .args(["-verify_return_error", "-verify_hostname", "localhost"]);
+        .args(["-verify_return_error", "-verify_hostname", "localhost"])
+        .args(extra);
         Tool::spawn(c)
     }
 
