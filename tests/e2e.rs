@@ -194,6 +194,14 @@ fn debian_package_on_real_systemd() {
         ct.prop("chatd-irc.socket", "Listen"),
         format!("127.0.0.1:{irc_port} (Stream)")
     );
+    // The TLS sockets wait for a certificate.
+    for unit in ["chatd-tls.socket", "chatd-ircs.socket"] {
+        assert_eq!(
+            ct.try_sh(&format!("systemctl is-enabled {unit}")).1.trim(),
+            "disabled"
+        );
+        assert_eq!(ct.prop(unit, "ActiveState"), "inactive", "{unit}");
+    }
     assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
     assert!(
         ct.chatd_pids().is_empty(),
@@ -493,6 +501,12 @@ fn debian_package_on_real_systemd() {
     plain.expect("still here after the reload");
     ct.sh("systemctl stop chatd.service chatd-tls.socket");
     t.expect("server shutting down");
+    // The admin's own files go with the admin (purge keeps what it did
+    // not install).
+    ct.sh("systemctl disable chatd-tls.socket && \
+         rm -r /etc/chatd/tls /etc/systemd/system/chatd.service.d \
+           /etc/systemd/system/chatd-tls.socket.d && \
+         sed -i '/^tls_cert/d' /etc/chatd/chatd.toml && systemctl daemon-reload");
 
     step(10, "systemd-analyze security chatd.service");
     let (_, sec) = ct.try_sh("systemd-analyze security chatd.service --no-pager");
@@ -524,6 +538,10 @@ fn debian_package_on_real_systemd() {
         "nothing listens after remove"
     );
     assert!(
+        TcpStream::connect(("127.0.0.1", irc_port)).is_err(),
+        "no IRC port after remove"
+    );
+    assert!(
         ct.try_sh("test -e /etc/chatd/chatd.toml").0,
         "remove keeps the config"
     );
@@ -535,5 +553,5 @@ fn debian_package_on_real_systemd() {
     assert!(!ct.try_sh("dpkg -s chatd").0, "package still known to dpkg");
     let (_, units) = ct.try_sh("systemctl list-unit-files 'chatd*' --no-legend");
     assert_eq!(units.trim(), "", "unit files left after purge");
-    eprintln!("e2e: all 10 steps passed");
+    eprintln!("e2e: all 11 steps passed");
 }
