@@ -386,6 +386,7 @@ impl Child {
         if self.conn.take_established() {
             self.handshake_by = None;
             self.writable = true;
+            stack::release_unused();
             // A TLS line client enters the room once the handshake is
             // done (a failed handshake is nothing the room sees).
             if self.spec.proto == Proto::Line {
@@ -612,6 +613,7 @@ impl Child {
         }
         self.lines.release();
         crate::arena::give_back();
+        stack::release_unused();
     }
 
     /// One `epoll_wait`: records what became readable or writable.

@@ -196,6 +196,42 @@ struct Crossing<F> {
     run: F,
     old_lo: usize,
     old_hi: usize,
+    /// The lowest usable address of the new stack (above its guard).
+    new_lo: usize,
+}
+
+thread_local! {
+    /// The lowest usable address of the child's own stack; 0 while it runs
+    /// on the stack it was forked on.
+    static OWN_LO: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Stack kept below the caller's frame by [`release_unused`]: what the
+/// loop's deepest calls (epoll_wait, send, the allocator) need.
+const KEEP_BELOW: usize = 1024;
+
+/// Gives back the pages of the child's own stack more than
+/// [`KEEP_BELOW`] under the caller's frame. A TLS handshake runs deep once
+/// (rustls, ring: four pages more than the loop ever needs again), and a
+/// stack does not shrink by itself. Nothing below the caller is live, so
+/// the pages come back zeroed if touched again.
+#[inline(never)]
+pub fn release_unused() {
+    let lo = OWN_LO.with(|c| c.get());
+    let here = std::hint::black_box(&lo) as *const usize as usize;
+    let below = here.saturating_sub(KEEP_BELOW) / PAGE * PAGE;
+    if lo == 0 || below <= lo {
+        return;
+    }
+    // SAFETY: [lo, below) lies in this child's own stack (from `map`),
+    // more than KEEP_BELOW under the current frame: no live data is there.
+    let _ = unsafe {
+        nix::sys::mman::madvise(
+            std::ptr::NonNull::new_unchecked(lo as *mut libc::c_void),
+            below - lo,
+            nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+        )
+    };
 }
 
 /// The first function on the new stack: takes the crossing out of the
@@ -206,7 +242,9 @@ extern "C" fn on_new_stack<F: FnOnce() -> Infallible>(c: *mut Crossing<F>) -> ! 
         run,
         old_lo,
         old_hi,
+        new_lo,
     } = *unsafe { Box::from_raw(c) };
+    OWN_LO.with(|c| c.set(new_lo));
     let start = std::ptr::NonNull::new(old_lo as *mut libc::c_void).expect("non-null");
     // SAFETY: [old_lo, old_hi) is the stack this process was forked on. We
     // no longer run on it, and nothing refers into it: `run` and its
@@ -222,6 +260,7 @@ fn switch<F: FnOnce() -> Infallible>(l: Leave, run: F) -> ! {
         run,
         old_lo: l.old_lo,
         old_hi: l.old_hi,
+        new_lo: l.top - STACK_BYTES,
     }));
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `l.top` is the 16-byte-aligned top of a mapped, writable

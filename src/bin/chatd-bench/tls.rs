@@ -1,7 +1,8 @@
 //! TLS for the load generator: a fixed test CA and server certificate
-//! (P-256, valid until 2126: a benchmark fixture, never a secret), given to
-//! chatd with `--tls` and trusted by the bench's rustls clients, which
-//! verify chatd's certificate as real clients do.
+//! (ECDSA P-256, as Let's Encrypt issues them; valid until 2126: a
+//! benchmark fixture, never a secret), given to chatd with `--tls` and
+//! trusted by the bench's rustls clients, which verify chatd's certificate
+//! as real clients do.
 //!
 //! [`Tls`] drives one non-blocking client connection: ciphertext from the
 //! socket in ([`Tls::feed`]), plaintext out; plaintext in ([`Tls::send`]),
@@ -76,8 +77,8 @@ fn config() -> Arc<ClientConfig> {
             for c in CertificateDer::pem_slice_iter(CA.as_bytes()) {
                 roots.add(c.expect("the bench CA")).expect("the bench CA");
             }
-            #[allow(deprecated)] // ring, as chatd (docs/decisions.md, "TLS")
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            // ring with X25519 first, as chatd (docs/decisions.md, "TLS").
+            let provider = Arc::new(chatd::tls::remote::provider());
             let mut cfg = ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .expect("TLS versions")
