@@ -163,6 +163,16 @@ fn the_documents_describe_chatd_not_its_history() {
             assert!(!text.contains(word), "{doc} speaks of {word:?}");
         }
     }
-    let lines = read("README.md").lines().count();
+    let readme = read("README.md");
+    let lines = readme.lines().count();
     assert!(lines <= 340, "README.md has {lines} lines: it is for users");
+    // A pasted JSON blob or log is not documentation.
+    for (i, l) in readme.lines().enumerate() {
+        assert!(
+            l.len() <= 200,
+            "README.md line {} has {} characters",
+            i + 1,
+            l.len()
+        );
+    }
 }

@@ -91,6 +91,8 @@ pub struct Master {
     child_filter: seccompiler::BpfProgram,
     /// The certificate and key, when a listener speaks TLS.
     tls: Option<crate::tls::keys::Monitor>,
+    /// Receives children's control messages.
+    ctl_buf: Vec<u8>,
 }
 
 impl Master {
@@ -214,6 +216,7 @@ impl Master {
             notifier,
             child_filter: confined.child_filter,
             tls,
+            ctl_buf: vec![0; ipc::MAX_MSG],
         };
         m.set_timer(false)?;
         m.reserve_fd = Some(m.timer.as_fd().try_clone_to_owned().context("reserve fd")?);
@@ -365,12 +368,15 @@ impl Master {
             self.flush_outbox(slot);
         }
         let c = self.clients.get_mut(slot).unwrap();
-        let mut buf = [0u8; ipc::MAX_MSG];
+        // NOTIFY, the common case, is one byte; a SIGN request (TLS) at
+        // most a page: received into a buffer kept for it, not zeroed on
+        // every call.
+        let buf = &mut self.ctl_buf;
         let mut notified = false;
         let mut closed = flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
         let mut sign: Vec<Vec<u8>> = Vec::new();
         loop {
-            match ipc::recv_msg(c.ctl.as_fd(), &mut buf) {
+            match ipc::recv_msg(c.ctl.as_fd(), buf) {
                 Ok(None) => break,
                 Ok(Some(0)) | Err(_) => {
                     closed = true;
