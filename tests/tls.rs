@@ -135,6 +135,22 @@ fn garbage_and_silence_on_a_tls_port_are_closed_logged_and_unseen() {
         t.elapsed()
     );
     server.wait_log_n("TLS handshake timeout", 2);
+    // An unsupported version (TLS 1.1): refused with an alert, and the
+    // log says why.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+            "-connect",
+        ])
+        .arg(tls_line.to_string())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a TLS 1.1 handshake succeeded");
+    server.wait_log("TLS handshake failed: peer is incompatible");
     // A client that vanishes mid-handshake costs nothing either.
     let s = TcpStream::connect(ircs).unwrap();
     drop(s);
