@@ -383,15 +383,20 @@ impl Pinned {
         Ok(Pinned { dir, name })
     }
 
-    /// Reads the file through the pinned directory.
-    pub fn read(&self) -> std::io::Result<String> {
+    /// Opens the file through the pinned directory, for reading.
+    pub fn open_file(&self) -> std::io::Result<std::fs::File> {
         let fd = nix::fcntl::openat(
             &self.dir,
             self.name.as_os_str(),
             OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
             Mode::empty(),
         )?;
-        std::io::read_to_string(std::fs::File::from(fd))
+        Ok(std::fs::File::from(fd))
+    }
+
+    /// Reads the file through the pinned directory.
+    pub fn read(&self) -> std::io::Result<String> {
+        std::io::read_to_string(self.open_file()?)
     }
 }
 

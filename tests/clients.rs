@@ -52,6 +52,21 @@ impl Drop for Proc {
     }
 }
 
+/// weechat-headless with its home in `dir`, running `script` (`-r`).
+fn weechat(dir: &TempDir, script: &str) -> Proc {
+    Proc(
+        Command::new("weechat-headless")
+            .arg("--dir")
+            .arg(&dir.0)
+            .args(["-r", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start weechat-headless"),
+    )
+}
+
 /// bob (line protocol) and carol (raw IRC) in the room.
 fn others(server: &Server) -> (Client, Irc) {
     let mut bob = line_client(server, "bob");
@@ -134,17 +149,7 @@ fn weechat_chats_with_line_and_irc_users() {
          /wait 6 /command -buffer irc.server.t irc /nick wc2; \
          /wait 8 /quit bye from weechat"
     );
-    let mut wc = Proc(
-        Command::new("weechat-headless")
-            .arg("--dir")
-            .arg(&dir.0)
-            .args(["-r", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start weechat-headless"),
-    );
+    let mut wc = weechat(&dir, &script);
     bob.expect("* wc joined");
     carol.expect(":wc!wc@chatd JOIN");
     // Once WeeChat speaks it has set its channel up: talk to it then.
@@ -291,17 +296,7 @@ fn weechat_over_tls_verifies_chatd_and_chats() {
          /wait 5 /quit bye over tls",
         pki.ca.display()
     );
-    let mut wc = Proc(
-        Command::new("weechat-headless")
-            .arg("--dir")
-            .arg(&dir.0)
-            .args(["-r", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start weechat-headless"),
-    );
+    let mut wc = weechat(&dir, &script);
     bob.expect("* wctls joined");
     bob.expect("<wctls> hi over tls");
     carol.expect(":wctls!wctls@chatd PRIVMSG #chatd :hi over tls");

@@ -12,7 +12,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::SignatureScheme;
 use std::io::Read;
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroize;
@@ -51,51 +50,25 @@ pub enum TlsError {
     NoArena,
 }
 
-/// One file, reachable after a chroot through its pinned directory.
+/// One file, reachable after a chroot through its pinned directory
+/// (`config::Pinned`), with its path for the errors.
 pub struct Pinned {
     path: PathBuf,
-    dir: OwnedFd,
-    name: std::ffi::OsString,
+    file: crate::config::Pinned,
 }
 
 impl Pinned {
     fn open(path: &Path) -> Result<Pinned, TlsError> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| TlsError::Pin(path.into(), std::io::Error::other("not a file name")))?
-            .to_os_string();
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let dir = nix::fcntl::open(
-            parent,
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| TlsError::Pin(path.into(), e.into()))?;
         Ok(Pinned {
             path: path.into(),
-            dir,
-            name,
+            file: crate::config::Pinned::open(path).map_err(|e| TlsError::Pin(path.into(), e))?,
         })
     }
 
-    /// Opens the file through the pinned directory; returns it and its size.
+    /// Opens the file; returns it and its size.
     fn open_file(&self) -> Result<(std::fs::File, usize), TlsError> {
         let err = |e: std::io::Error| TlsError::Read(self.path.clone(), e);
-        let fd = nix::fcntl::openat(
-            &self.dir,
-            self.name.as_os_str(),
-            nix::fcntl::OFlag::O_RDONLY
-                | nix::fcntl::OFlag::O_CLOEXEC
-                | nix::fcntl::OFlag::O_NOCTTY,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| err(e.into()))?;
-        let f = std::fs::File::from(fd);
+        let f = self.file.open_file().map_err(err)?;
         let len = f.metadata().map_err(err)?.len() as usize;
         if len > MAX_FILE {
             return Err(err(std::io::Error::other("larger than 1 MiB")));
