@@ -381,6 +381,7 @@ impl Child {
             // The signer waited in epoll and may have taken this loop's
             // edge-triggered events: look at everything again.
             self.ctl_ready = true;
+            self.readable = true;
             self.writable = true;
         }
         if self.conn.take_established() {
