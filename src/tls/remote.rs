@@ -147,57 +147,55 @@ pub fn ask_master(
     scheme: SignatureScheme,
     message: &[u8],
 ) -> Result<Vec<u8>, rustls::Error> {
-    {
-        let fail = |why: &str| rustls::Error::General(format!("signing by the master: {why}"));
-        let mut msg = vec![ipc::SIGN];
-        msg.extend_from_slice(&sign_request(scheme, message));
-        if msg.len() > ipc::MAX_MSG {
-            return Err(fail("message too long"));
-        }
-        let ctl = link.ctl;
-        // SAFETY: the control socket stays open for the child's lifetime.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
-        match ipc::send_raw(fd, &msg) {
-            Ok(true) => {}
-            _ => return Err(fail("cannot send the request")),
-        }
-        link.mailbox.waited.store(true, Relaxed);
-        let mut buf = vec![0u8; ipc::MAX_MSG];
-        let deadline = Instant::now() + SIGN_TIMEOUT;
-        loop {
-            match ipc::recv_msg(fd, &mut buf) {
-                Ok(Some(0)) | Err(_) => return Err(fail("the master is gone")),
-                Ok(Some(n)) if buf[0] == ipc::SIGNED => {
-                    return match &buf[1..n] {
-                        [] => Err(fail("refused")),
-                        sig => Ok(sig.to_vec()),
-                    };
+    let fail = |why: &str| rustls::Error::General(format!("signing by the master: {why}"));
+    let mut msg = vec![ipc::SIGN];
+    msg.extend_from_slice(&sign_request(scheme, message));
+    if msg.len() > ipc::MAX_MSG {
+        return Err(fail("message too long"));
+    }
+    let ctl = link.ctl;
+    // SAFETY: the control socket stays open for the child's lifetime.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(ctl) };
+    match ipc::send_raw(fd, &msg) {
+        Ok(true) => {}
+        _ => return Err(fail("cannot send the request")),
+    }
+    link.mailbox.waited.store(true, Relaxed);
+    let mut buf = vec![0u8; ipc::MAX_MSG];
+    let deadline = Instant::now() + SIGN_TIMEOUT;
+    loop {
+        match ipc::recv_msg(fd, &mut buf) {
+            Ok(Some(0)) | Err(_) => return Err(fail("the master is gone")),
+            Ok(Some(n)) if buf[0] == ipc::SIGNED => {
+                return match &buf[1..n] {
+                    [] => Err(fail("refused")),
+                    sig => Ok(sig.to_vec()),
+                };
+            }
+            Ok(Some(n)) => {
+                if let Ok(mut q) = link.mailbox.held.lock() {
+                    q.push_back(buf[..n].to_vec());
                 }
-                Ok(Some(n)) => {
-                    if let Ok(mut q) = link.mailbox.held.lock() {
-                        q.push_back(buf[..n].to_vec());
-                    }
+            }
+            Ok(None) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(fail("no answer"));
                 }
-                Ok(None) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(fail("no answer"));
-                    }
-                    let mut ev = libc::epoll_event { events: 0, u64: 0 };
-                    // SAFETY: `ev` is a valid buffer for one event and the
-                    // epoll fd is the child's own, open for its lifetime.
-                    let n = unsafe {
-                        libc::epoll_pwait(
-                            link.epoll,
-                            &mut ev,
-                            1,
-                            left.as_millis().min(i32::MAX as u128) as i32 + 1,
-                            std::ptr::null(),
-                        )
-                    };
-                    if n < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
-                        return Err(fail("epoll failed"));
-                    }
+                let mut ev = libc::epoll_event { events: 0, u64: 0 };
+                // SAFETY: `ev` is a valid buffer for one event and the
+                // epoll fd is the child's own, open for its lifetime.
+                let n = unsafe {
+                    libc::epoll_pwait(
+                        link.epoll,
+                        &mut ev,
+                        1,
+                        left.as_millis().min(i32::MAX as u128) as i32 + 1,
+                        std::ptr::null(),
+                    )
+                };
+                if n < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINTR {
+                    return Err(fail("epoll failed"));
                 }
             }
         }
