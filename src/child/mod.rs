@@ -64,6 +64,13 @@ pub struct Spec {
     pub flood_rate: f64,
     /// Longest time a line may take to arrive (slowloris); None: no limit.
     pub line_timeout: Option<Duration>,
+    /// The client's socket is in systemd's fd store: if the master goes
+    /// away, hand the client over to the next one instead of closing it
+    /// (see `crate::master::handover`).
+    pub carried: bool,
+    /// This child takes over from a previous master's child: its ring may
+    /// hold that child's unread input (`Carry`), which comes first.
+    pub resumed: bool,
 }
 
 /// Bytes read from the client at a time, besides room for one whole line.
@@ -99,6 +106,8 @@ enum Exit {
     Tls(String),
     /// The master is gone or the shared state is unusable.
     Fatal(&'static str),
+    /// The master is gone and the client is in the fd store: hand it over.
+    Handover,
 }
 
 struct Child {
@@ -188,6 +197,9 @@ pub fn run(
         handshake_by: None,
         spec,
     };
+    if spec.resumed {
+        child.take_carried_input();
+    }
     // The TLS offer, then the greeting, were queued on the control socket
     // before the fork.
     let started = match spec.tls {
@@ -204,7 +216,10 @@ pub fn run(
             child.run()
         }
     };
-    child.finish(exit);
+    match exit {
+        Exit::Handover => child.hand_over(),
+        exit => child.finish(exit),
+    }
     setup::exit(0)
 }
 
@@ -303,6 +318,7 @@ impl Child {
             };
             match got {
                 Ok(ipc::Recv::Empty) => return None,
+                Ok(ipc::Recv::Eof) | Err(_) if self.spec.carried => return Some(Exit::Handover),
                 Ok(ipc::Recv::Eof) | Err(_) => return Some(Exit::Fatal("master gone")),
                 Ok(ipc::Recv::Msg(tag @ (ipc::EVENT | ipc::CLOSE))) => {
                     let held = std::mem::take(&mut self.ctl_held);
@@ -691,32 +707,78 @@ impl Child {
         if let Some(l) = &leave {
             self.session.farewell(l, &mut self.sendq);
         }
-        let deadline = Instant::now() + FINAL_FLUSH;
-        self.writable = true;
         if self.conn.handshaking() {
             // Nothing queued can be sent without a session.
             self.sendq.clear();
             self.sent = 0;
         }
+        self.flush_all(Instant::now() + FINAL_FLUSH);
+        self.conn.close();
+    }
+
+    /// Writes everything queued, waiting for the client to read until
+    /// `deadline`. True if all of it went out.
+    fn flush_all(&mut self, deadline: Instant) -> bool {
+        self.writable = true;
         while self.sent < self.sendq.len() || self.conn.pending() {
             if self.flush().is_err() {
-                break;
+                return false;
             }
             if self.writable {
                 continue; // a partial write: try the rest at once
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                break;
+                return false;
             }
             // The socket is full (EAGAIN): its next EPOLLOUT edge, or the
             // deadline. Other events just bring another try.
             let t = EpollTimeout::try_from(left).unwrap_or(EpollTimeout::MAX);
             if self.sleep(t).is_err() {
-                break;
+                return false;
             }
         }
-        self.conn.close();
+        true
+    }
+
+    /// The master is gone and the client's socket is in systemd's fd
+    /// store: stop reading, write out every line already rendered (whole
+    /// lines: the queue holds nothing else), leave the input not yet
+    /// handled in the ring (`Carry`) and mark the stop clean (`Handover`),
+    /// then exit without closing the connection. The next master's child
+    /// for this client starts at this child's log cursor. If the client
+    /// does not read its queue in time, or the ring is full, no
+    /// `Handover` entry is written, and the next child tells the client
+    /// that lines may have been missed.
+    fn hand_over(&mut self) {
+        if !self.flush_all(Instant::now() + FINAL_FLUSH) || !self.asks.is_empty() {
+            return;
+        }
+        let rest = self.lines.unread().to_vec();
+        for piece in rest.chunks(crate::shm::ring::MAX_PAYLOAD) {
+            if !self.ring.push(Kind::Carry, piece) {
+                return;
+            }
+        }
+        if self.ring.push(Kind::Handover, &[]) {
+            self.ring.publish();
+        }
+    }
+
+    /// A resumed child: the previous child's unread input comes before
+    /// anything read from the socket.
+    fn take_carried_input(&mut self) {
+        let r = self.region;
+        let slot = self.spec.slot;
+        let Ok(h) =
+            crate::shm::ring::handed_over(r.ring(slot), r.slot_header(slot), r.control(slot))
+        else {
+            return;
+        };
+        let spare = self.lines.spare();
+        let n = h.carry.len().min(spare.len());
+        spare[..n].copy_from_slice(&h.carry[..n]);
+        self.lines.filled(n);
     }
 }
 

@@ -18,7 +18,10 @@
 //!    whole process group; the master turns it into an orderly shutdown),
 //!    SIGPIPE and SIGXFSZ; default SIGSEGV and SIGBUS (no std handler);
 //! 3. PR_SET_PDEATHSIG(SIGKILL), then check that the parent is still the
-//!    master, so a master killed by SIGKILL leaves no orphan;
+//!    master, so a master killed by SIGKILL leaves no orphan; except for a
+//!    client in systemd's fd store, whose child outlives its master just
+//!    long enough to hand the client over (it sees its control socket
+//!    close; see `crate::master::handover`) and ignores SIGTERM;
 //! 4. fds: the client socket to 3, the control socket to 4, the shared
 //!    wake-up eventfd to 5, close stdin, stdout and every fd above 5
 //!    (listeners, other children's sockets, the signalfd, epoll, timerfd,
@@ -99,6 +102,10 @@ pub fn install_panic_hook() {
 pub struct Jail<'a> {
     pub master: Pid,
     pub filter: &'a seccompiler::BpfProgram,
+    /// The client is in systemd's fd store (`Spec::carried`): the child
+    /// outlives its master to hand it over, so no parent-death signal,
+    /// and SIGTERM is ignored.
+    pub carried: bool,
 }
 
 /// The first step after fork (after `crate::arena::leave`): the shared
@@ -143,11 +150,13 @@ pub fn prepare(
     own: Option<OwnStack>,
     title: &str,
 ) -> Prepared {
-    step("signals", reset_signals());
-    step(
-        "parent-death signal",
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
-    );
+    step("signals", reset_signals(jail.carried));
+    if !jail.carried {
+        step(
+            "parent-death signal",
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL),
+        );
+    }
     if getppid() != jail.master {
         exit(0); // the master died between fork and prctl
     }
@@ -194,7 +203,13 @@ pub(super) fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> T {
     }
 }
 
-fn reset_signals() -> nix::Result<()> {
+fn reset_signals(carried: bool) -> nix::Result<()> {
+    // A carried child outlives its master to hand its client over; the
+    // unit's SIGTERM to the whole group must not cut that short.
+    let term = match carried {
+        true => SigHandler::SigIgn,
+        false => SigHandler::SigDfl,
+    };
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     // SAFETY: installing SIG_IGN/SIG_DFL runs no handler code in this process.
     unsafe {
@@ -208,7 +223,7 @@ fn reset_signals() -> nix::Result<()> {
         // allowlist; a memory fault must show as the SIGSEGV/SIGBUS it is.
         signal(Signal::SIGSEGV, SigHandler::SigDfl)?;
         signal(Signal::SIGBUS, SigHandler::SigDfl)?;
-        signal(Signal::SIGTERM, SigHandler::SigDfl)?;
+        signal(Signal::SIGTERM, term)?;
         signal(Signal::SIGCHLD, SigHandler::SigDfl)?;
     }
     Ok(())

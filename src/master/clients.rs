@@ -52,6 +52,8 @@ pub struct Client {
     /// When to SIGKILL a child that was told to close and has not exited.
     pub kill_at: Option<Instant>,
     pub since: Instant,
+    /// When it connected, in seconds since the epoch (kept across restarts).
+    pub since_unix: u64,
     live_idx: usize,
 }
 
@@ -124,6 +126,23 @@ impl Clients {
     /// Takes a free slot, if any.
     pub fn take_slot(&mut self) -> Option<usize> {
         self.free.pop()
+    }
+
+    /// Takes this free slot (a client taken over after a restart keeps its
+    /// slot). False if it is not free.
+    pub fn take_slot_at(&mut self, slot: usize) -> bool {
+        match self.free.iter().rposition(|&s| s == slot) {
+            Some(i) => {
+                self.free.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether any client has this nick (any case).
+    pub fn nick_taken(&self, name: &str) -> bool {
+        self.nicks.contains_key(&nick::fold(name))
     }
 
     /// Returns a slot that was taken but not used (fork failed).
@@ -269,6 +288,9 @@ pub fn new_client(
         in_ready: false,
         kill_at: None,
         since: Instant::now(),
+        since_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         live_idx: 0,
     }
 }

@@ -40,23 +40,35 @@ pub fn service_of_name(name: &str) -> Service {
 /// A listening socket and what it speaks.
 pub type Listener = (TcpListener, Service);
 
-/// Opens the listeners: the ones systemd passed, else binds `addrs`.
-pub fn open(addrs: &[(SocketAddr, Service)]) -> Result<(Vec<Listener>, Origin)> {
+/// What systemd passed besides listening sockets: the fds a previous
+/// master stored (names starting with [`super::handover::PREFIX`]).
+pub type Kept = Vec<(String, OwnedFd)>;
+
+/// Opens the listeners: the ones systemd passed, else binds `addrs`. Fds
+/// systemd passed back from its fd store come back separately.
+pub fn open(addrs: &[(SocketAddr, Service)]) -> Result<(Vec<Listener>, Origin, Kept)> {
     let fds = sd_notify::listen_fds_with_names().context("reading LISTEN_FDS")?;
-    let inherited: Vec<_> = fds.collect();
+    let mut inherited = Vec::new();
+    let mut kept = Vec::new();
+    for (fd, name) in fds {
+        // SAFETY: sd-notify validated LISTEN_PID and returns the fds
+        // systemd passed us (3..3+LISTEN_FDS), which nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        match name.starts_with(super::handover::PREFIX) {
+            true => kept.push((name, owned)),
+            false => inherited.push((owned, name)),
+        }
+    }
     if !inherited.is_empty() {
         let mut ls = Vec::new();
-        for (fd, name) in inherited {
-            // SAFETY: sd-notify validated LISTEN_PID and returns the fds
-            // systemd passed us (3..3+LISTEN_FDS), which nothing else owns.
-            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        for (owned, name) in inherited {
             let l = TcpListener::from(owned);
             l.local_addr()
                 .context("socket passed by systemd is not a TCP socket")?;
             l.set_nonblocking(true)?;
             ls.push((l, service_of_name(&name)));
         }
-        return Ok((ls, Origin::Systemd));
+        return Ok((ls, Origin::Systemd, kept));
     }
     if addrs.is_empty() {
         bail!("no address to listen on");
@@ -68,7 +80,7 @@ pub fn open(addrs: &[(SocketAddr, Service)]) -> Result<(Vec<Listener>, Origin)> 
             *proto,
         ));
     }
-    Ok((ls, Origin::Config))
+    Ok((ls, Origin::Config, kept))
 }
 
 fn bind_one(addr: SocketAddr) -> Result<TcpListener> {

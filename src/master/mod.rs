@@ -11,11 +11,13 @@
 
 pub mod clients;
 pub mod confine;
+pub mod handover;
 pub mod listen;
 pub mod notify;
 pub mod relay;
 pub mod request;
 pub mod spawn;
+pub mod state;
 
 use crate::config::Config;
 use crate::ipc;
@@ -93,6 +95,10 @@ pub struct Master {
     tls: Option<crate::tls::keys::Monitor>,
     /// Receives children's control messages.
     ctl_buf: Vec<u8>,
+    /// The state file and fd store, under systemd (see [`handover`]).
+    keep: Option<handover::Keep>,
+    /// SIGUSR2: ending so that the next master takes the clients over.
+    handing_over: bool,
 }
 
 impl Master {
@@ -105,6 +111,7 @@ impl Master {
             Signal::SIGTERM,
             Signal::SIGINT,
             Signal::SIGHUP,
+            Signal::SIGUSR2,
         ] {
             mask.add(s);
         }
@@ -114,11 +121,14 @@ impl Master {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("signalfd")?;
 
-        let (listeners, origin) = listen::open(&cfg.listen_addrs())?;
+        let (listeners, origin, kept) = listen::open(&cfg.listen_addrs())?;
         let capacity = cfg.max_clients as usize;
-        let region: &'static Region = Box::leak(Box::new(
-            Region::create(capacity).context("creating the shared memory region")?,
-        ));
+        let mut notifier = Notifier::from_env();
+        // Under systemd, clients outlive this master (see handover).
+        let keeping = notifier.enabled();
+        let kept = handover::Kept::sort(kept, |n| notifier.remove_fd(n));
+        let (region, keep, taken) = handover_state(capacity, keeping, kept, &mut notifier)?;
+        let region: &'static Region = Box::leak(Box::new(region));
 
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll")?;
         let wake = nix::sys::eventfd::EventFd::from_flags(
@@ -168,7 +178,6 @@ impl Master {
             }
             false => None,
         };
-        let notifier = Notifier::from_env();
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
         crate::child::image::note();
         if let Err(e) = spawn::stop_rseq() {
@@ -217,9 +226,14 @@ impl Master {
             child_filter: confined.child_filter,
             tls,
             ctl_buf: vec![0; ipc::MAX_MSG],
+            keep,
+            handing_over: false,
         };
         m.set_timer(false)?;
         m.reserve_fd = Some(m.timer.as_fd().try_clone_to_owned().context("reserve fd")?);
+        if let Some((clients, snap)) = taken {
+            m.take_over(clients, snap);
+        }
         Ok(m)
     }
 
@@ -244,6 +258,8 @@ impl Master {
             max_clients = self.cfg.max_clients,
             "chatd ready"
         );
+        // Rings of clients taken over may hold lines already.
+        self.relay_turn();
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
             let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
@@ -257,6 +273,14 @@ impl Master {
             self.relay_turn();
             if self.shutdown_at.is_some() && self.clients.is_empty() {
                 info!(event = "stopped", "all clients gone; exiting");
+                return Ok(());
+            }
+            if self.handover_done() {
+                info!(
+                    event = "handed_over",
+                    clients = self.clients.online(),
+                    "exiting; the clients wait for the next master"
+                );
                 return Ok(());
             }
         }
@@ -293,6 +317,7 @@ impl Master {
                 Ok(Signal::SIGCHLD) => self.reap(),
                 Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => self.begin_shutdown(s),
                 Ok(Signal::SIGHUP) => self.reload_config(),
+                Ok(Signal::SIGUSR2) => self.hand_over(),
                 _ => {}
             }
         }
@@ -477,7 +502,7 @@ impl Master {
     }
 
     fn begin_shutdown(&mut self, sig: Signal) {
-        if self.shutdown_at.is_some() {
+        if self.shutdown_at.is_some() || self.handing_over {
             return;
         }
         let timeout = Duration::from_secs_f64(self.cfg.shutdown_timeout);
@@ -635,7 +660,9 @@ impl Master {
             }
         }
         for slot in slots {
-            self.clients.remove(slot);
+            if let Some(c) = self.clients.remove(slot) {
+                self.forget_client(slot, c.id, c.tls);
+            }
         }
     }
 
@@ -668,6 +695,61 @@ impl Master {
         self.timer_fast = fast;
         Ok(())
     }
+}
+
+/// The shared region and, under systemd, the state file: the ones a
+/// previous master left if they check out (with the clients to take over),
+/// else new ones, handed to the fd store.
+#[allow(clippy::type_complexity)]
+fn handover_state(
+    capacity: usize,
+    keeping: bool,
+    mut kept: handover::Kept,
+    notifier: &mut Notifier,
+) -> Result<(
+    Region,
+    Option<handover::Keep>,
+    Option<(Vec<(u64, std::os::fd::OwnedFd)>, Option<state::Snapshot>)>,
+)> {
+    let region = match kept.shm.take().filter(|_| keeping) {
+        Some(fd) => Region::adopt(fd, capacity).map_err(|e| {
+            warn!(event = "handover_rejected", part = "shared region", error = %e, "the previous master's shared region is unusable ({e}); starting a fresh one");
+        }).ok(),
+        None => None,
+    };
+    let adopted = region.is_some();
+    let region = match region {
+        Some(r) => r,
+        None => {
+            let (r, fd) =
+                Region::create_kept(capacity).context("creating the shared memory region")?;
+            if keeping {
+                notifier.remove_fd(handover::SHM);
+                notifier.store_fd(handover::SHM, fd.as_fd());
+            }
+            r
+        }
+    };
+    if !keeping {
+        return Ok((region, None, None));
+    }
+    let old = match kept.state.take() {
+        Some(fd) => state::State::adopt(fd, capacity).map_err(|e| {
+            warn!(event = "handover_rejected", part = "state", error = %e, "the previous master's state is unusable ({e}); its clients get fresh state");
+        }).ok(),
+        None => None,
+    };
+    let (st, snap) = match old {
+        Some((st, snap)) if adopted => (st, Some(snap)),
+        _ => {
+            let st = state::State::create(capacity).context("creating the state file")?;
+            notifier.remove_fd(handover::STATE);
+            notifier.store_fd(handover::STATE, st.fd().as_fd());
+            (st, None)
+        }
+    };
+    let taken = (!kept.clients.is_empty() || snap.is_some()).then_some((kept.clients, snap));
+    Ok((region, Some(handover::Keep { state: st }), taken))
 }
 
 /// Logs the certificate in use, and warns when it expires soon.

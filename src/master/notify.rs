@@ -1,5 +1,6 @@
 //! sd_notify messages (READY, STATUS, RELOADING, STOPPING, WATCHDOG) to the
-//! service manager.
+//! service manager, and the fds it keeps for the next master (FDSTORE,
+//! FDSTOREREMOVE; see `super::handover`).
 //!
 //! The messages are formatted by the sd-notify crate; they travel over a
 //! datagram socket connected once at start-up, before the master confines
@@ -58,6 +59,33 @@ impl Notifier {
                     tracing::debug!(event = "notify_failed", error = %e, "sd_notify: {e}");
                 }
             }
+        }
+    }
+}
+
+impl Notifier {
+    /// Hands `fd` to the service manager's fd store under `name`
+    /// (`FDSTORE=1`, the fd as SCM_RIGHTS). False if it could not be sent.
+    pub fn store_fd(&mut self, name: &str, fd: std::os::fd::BorrowedFd<'_>) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let Some(sock) = &self.sock else { return false };
+        let msg = format!("FDSTORE=1\nFDNAME={name}\n");
+        let fds = [fd.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(msg.as_bytes())];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None);
+        if let Err(e) = &sent {
+            tracing::warn!(event = "fdstore_failed", name, error = %e, "cannot hand {name} to the fd store: {e}");
+        }
+        sent.is_ok()
+    }
+
+    /// Takes every fd stored under `name` out of the store.
+    pub fn remove_fd(&mut self, name: &str) {
+        let msg = format!("FDSTOREREMOVE=1\nFDNAME={name}\n");
+        if let Some(s) = &self.sock {
+            let _ = s.send(msg.as_bytes());
         }
     }
 }

@@ -358,6 +358,7 @@ impl Master {
                             .emit(id, Event::new(Kind::Nick, &old, &new).encode());
                     }
                     self.send_event(slot, Event::new(Kind::NickOk, &old, &new));
+                    self.save_client(slot);
                 }
                 Err(why) => {
                     let ev = Event::new(Kind::NickError, &new, why).with_flags(event::NICK_IN_USE);
@@ -378,6 +379,7 @@ impl Master {
                     c.registered = true;
                     self.relay
                         .emit(id, Event::new(Kind::Join, &nick_now, "").encode());
+                    self.save_client(slot);
                 }
                 let nicks = self.clients.nicks_in_room().join(" ");
                 let ev = Event::new(Kind::Names, "", &nicks).with_flags(List::Joined as u8);
@@ -386,6 +388,7 @@ impl Master {
             Request::Ask(Ask::Part(reason)) => {
                 if in_room {
                     self.clients.get_mut(slot).unwrap().in_room = false;
+                    self.save_client(slot);
                     // To everyone, the client too: it sees its own part.
                     self.relay
                         .emit(0, Event::new(Kind::Part, &nick_now, &reason).encode());
@@ -402,6 +405,7 @@ impl Master {
                 }
                 None => self.send_event(slot, Event::new(Kind::NoSuchNick, &target, "")),
             },
+            Request::Skip => {}
             Request::Quit(reason) => {
                 if reason == "SendQ exceeded" {
                     self.stats.kicked += 1;
@@ -447,6 +451,7 @@ impl Master {
         if c.ctl_open {
             let _ = self.epoll.delete(&c.ctl);
         }
+        self.forget_client(slot, c.id, c.tls);
         info!(
             event = "disconnect",
             client = c.serial,
@@ -474,7 +479,7 @@ impl Master {
     }
 
     /// Recomputes the log tail from the readers' cursors. True if it moved.
-    fn refresh_tail(&mut self) -> bool {
+    pub(super) fn refresh_tail(&mut self) -> bool {
         let head = self.relay.log.head();
         let mut tail = head;
         let mut bad = Vec::new();

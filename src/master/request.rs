@@ -19,6 +19,9 @@ pub enum Request {
     Ask(Ask),
     /// The client is gone; the reason.
     Quit(String),
+    /// Nothing for the master: what a child handing its client over left
+    /// for the next child (`Carry`, `Handover`).
+    Skip,
 }
 
 /// The payload of a [`Kind::Private`] entry.
@@ -55,6 +58,7 @@ pub fn validate(kind: Kind, payload: &[u8]) -> Result<Request, Corrupt> {
             _ => return Err(Corrupt("bad list request")),
         },
         Kind::Quit => return Ok(Request::Quit(text(payload)?)),
+        Kind::Carry | Kind::Handover => return Ok(Request::Skip),
         Kind::Join if payload.is_empty() => Ask::Join,
         Kind::Join => return Err(Corrupt("join with a payload")),
         Kind::Part => Ask::Part(text(payload)?),

@@ -7,6 +7,7 @@
 //! keeps only its end of the socketpair and posts the join notice.
 
 use super::clients::new_client;
+use super::handover::Arrival;
 use super::Master;
 use crate::child::{self, Spec};
 use crate::ipc;
@@ -122,7 +123,7 @@ impl Master {
         let Some(slot) = self.clients.take_slot() else {
             return self.refuse(stream, peer, proto, FULL.0, FULL.1);
         };
-        if let Err((e, stream)) = self.fork_child(slot, stream, peer, proto) {
+        if let Err((e, stream)) = self.fork_child(slot, stream, peer, proto, Arrival::New) {
             self.clients.return_slot(slot);
             error!(event = "fork_failed", peer = %peer, error = %e, "cannot start a child for {peer}: {e}");
             let reason = match e.downcast_ref::<nix::errno::Errno>() {
@@ -135,7 +136,7 @@ impl Master {
         }
     }
 
-    fn refuse(
+    pub(super) fn refuse(
         &mut self,
         mut stream: TcpStream,
         peer: SocketAddr,
@@ -176,15 +177,17 @@ impl Master {
         Ok(())
     }
 
-    /// Forks the child for a client in `slot`. On failure (no fds, no
-    /// processes left) nothing was started and the stream comes back, so
-    /// that the client can be told.
-    fn fork_child(
+    /// Forks the child for a client in `slot`: a new one, or one a
+    /// previous master left (`arrival`, see [`super::handover`]). On
+    /// failure (no fds, no processes left) nothing was started and the
+    /// stream comes back, so that the client can be told.
+    pub(super) fn fork_child(
         &mut self,
         slot: usize,
         stream: TcpStream,
         peer: SocketAddr,
         service: Service,
+        arrival: Arrival,
     ) -> Result<(), (anyhow::Error, TcpStream)> {
         let proto = service.proto;
         if let Err(e) = self.configure_socket(&stream) {
@@ -200,22 +203,31 @@ impl Master {
             Ok(p) => p,
             Err(e) => return Err((e.into(), stream)),
         };
-        let ctl = self.region.control(slot);
-        let gen = ctl.gen.load(SeqCst).wrapping_add(1) & 0xffff_ffff;
-        let id = gen << 32 | slot as u64;
-        // The previous owner of the slot has been reaped: nobody else writes here.
-        ctl.gen.store(gen, SeqCst);
-        ctl.consumed.store(0, SeqCst);
-        ctl.evicted.store(0, SeqCst);
-        let hdr = self.region.slot_header(slot);
-        hdr.head.store(0, SeqCst);
-        // Start after everything appended so far, published so the child
-        // never sees a head behind its cursor.
-        hdr.cursor.store(self.relay.publish(), SeqCst);
-
-        let serial = self.stats.connects + 1;
-        // Users cannot choose guest-* nicks, and serials never repeat.
-        let nick = format!("guest-{serial}");
+        let resumed = match &arrival {
+            Arrival::Resume { rec, .. } => Some(rec),
+            _ => None,
+        };
+        let (id, serial, nick) = match resumed {
+            // The previous child's id, ring and log cursor go on.
+            Some(rec) => (rec.id, rec.serial, rec.nick.clone()),
+            None => {
+                let ctl = self.region.control(slot);
+                let gen = ctl.gen.load(SeqCst).wrapping_add(1) & 0xffff_ffff;
+                // The previous owner of the slot has been reaped: nobody
+                // else writes here.
+                ctl.gen.store(gen, SeqCst);
+                ctl.consumed.store(0, SeqCst);
+                ctl.evicted.store(0, SeqCst);
+                let hdr = self.region.slot_header(slot);
+                hdr.head.store(0, SeqCst);
+                // Start after everything appended so far, published so the
+                // child never sees a head behind its cursor.
+                hdr.cursor.store(self.relay.publish(), SeqCst);
+                let serial = self.stats.connects + 1;
+                // Users cannot choose guest-* nicks, and serials never repeat.
+                (gen << 32 | slot as u64, serial, format!("guest-{serial}"))
+            }
+        };
         let online = self.clients.in_room() + 1;
         // The greeting waits in the child's control socket before the fork:
         // it comes before anything else the child reads there or relays, and
@@ -227,7 +239,27 @@ impl Master {
             motd: self.cfg.motd.clone(),
             online,
         };
-        let greeting = Event::new(Kind::Setup, &nick, &setup.to_text()).encode();
+        let greeting = match &arrival {
+            Arrival::New => Event::new(Kind::Setup, &nick, &setup.to_text()).encode(),
+            Arrival::Resume { rec, missed } => {
+                let mut flags = 0;
+                if rec.in_room {
+                    flags |= crate::protocol::event::RESUME_JOINED;
+                }
+                if *missed {
+                    flags |= crate::protocol::event::RESUME_MISSED;
+                }
+                Event::new(Kind::Resume, &nick, &setup.to_text())
+                    .with_flags(flags)
+                    .encode()
+            }
+            Arrival::Fresh => {
+                use crate::protocol::event::{RESUME_JOINED, RESUME_MISSED};
+                Event::new(Kind::Resume, &nick, &setup.to_text())
+                    .with_flags(RESUME_JOINED | RESUME_MISSED)
+                    .encode()
+            }
+        };
         // A TLS child is first told the certificate chain (never the key).
         let offer = match (&self.tls, service.tls) {
             (_, false) => Vec::new(),
@@ -259,6 +291,8 @@ impl Master {
             flood_rate: self.cfg.flood_rate,
             line_timeout: (self.cfg.line_timeout > 0.0)
                 .then(|| Duration::from_secs_f64(self.cfg.line_timeout)),
+            carried: self.keep.is_some() && !service.tls,
+            resumed: resumed.is_some(),
         };
         // SAFETY: the master is single-threaded (fork_bare's contract); the
         // child only runs `child::setup` and `child::run` and leaves through
@@ -275,6 +309,7 @@ impl Master {
                 let jail = child::setup::Jail {
                     master: self.pid,
                     filter: &self.child_filter,
+                    carried: spec.carried,
                 };
                 let wake = std::os::fd::AsRawFd::as_raw_fd(&self.wake);
                 let title = format!("chatd: client {peer}");
@@ -289,11 +324,23 @@ impl Master {
             }
             ForkResult::Parent { child: pid } => {
                 drop(theirs);
+                // A plain client's socket goes to systemd's fd store, so
+                // that it outlives this master (see super::handover); one
+                // a previous master stored is there already.
+                if spec.carried && resumed.is_none() {
+                    self.keep_socket(id, stream.as_fd());
+                }
                 drop(stream);
                 let watched = self
                     .epoll
                     .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id));
                 let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), service, mine);
+                if let Some(rec) = resumed {
+                    (c.in_room, c.registered, c.since_unix) =
+                        (rec.in_room, rec.registered, rec.since);
+                } else if matches!(arrival, Arrival::Fresh) {
+                    (c.in_room, c.registered) = (true, true);
+                }
                 if let Err(e) = watched {
                     // The child cannot be heard: end it; the reaper cleans up.
                     error!(event = "fork_failed", peer = %peer, error = %e, "cannot watch the child for {peer}: {e}");
@@ -301,21 +348,40 @@ impl Master {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 }
                 self.clients.insert(c);
-                self.stats.connects += 1;
-                info!(
-                    event = "connect",
-                    client = serial,
-                    pid = pid.as_raw(),
-                    peer = %peer,
-                    protocol = ?proto,
-                    tls = service.tls,
-                    nick = %nick,
-                    "{nick} connected from {peer} ({service})"
-                );
+                if resumed.is_none() {
+                    self.stats.connects += 1;
+                }
+                self.save_client(slot);
+                match &arrival {
+                    Arrival::New => info!(
+                        event = "connect",
+                        client = serial,
+                        pid = pid.as_raw(),
+                        peer = %peer,
+                        protocol = ?proto,
+                        tls = service.tls,
+                        nick = %nick,
+                        "{nick} connected from {peer} ({service})"
+                    ),
+                    _ => info!(
+                        event = "resume",
+                        client = serial,
+                        pid = pid.as_raw(),
+                        peer = %peer,
+                        protocol = ?proto,
+                        nick = %nick,
+                        "{nick} ({peer}, {service}) taken over from the previous master"
+                    ),
+                }
                 // A plain line-protocol client is in the room at once; a
                 // TLS one after its handshake and an IRC client once
-                // registered (a Join request).
-                if proto == Proto::Line && !service.tls {
+                // registered (a Join request). A resumed one is where it was.
+                let joins = match arrival {
+                    Arrival::New => proto == Proto::Line && !service.tls,
+                    Arrival::Fresh => true,
+                    Arrival::Resume { .. } => false,
+                };
+                if joins {
                     self.relay
                         .emit(id, Event::new(Kind::Join, &nick, "").encode());
                 }

@@ -50,7 +50,23 @@ pub enum Kind {
     /// The server closes this connection; `text` says why. Flags:
     /// [`CLOSING_ERROR`] when it is the client's doing (SendQ).
     Closing = 26,
+    /// Set-up of a child that takes over a client after a restart, in
+    /// place of [`Kind::Setup`]: the client keeps its nick `nick`; `text`
+    /// is a [`Setup`]'s. Flags: [`RESUME_JOINED`], [`RESUME_MISSED`].
+    Resume = 27,
 }
+
+/// Flags of [`Kind::Resume`]: the client is in the channel (IRC).
+pub const RESUME_JOINED: u8 = 1;
+/// Flag of [`Kind::Resume`]: lines may have been lost in the restart (the
+/// stored state did not check out, or the previous child did not stop
+/// cleanly): the session says so, and starts on a fresh line.
+pub const RESUME_MISSED: u8 = 2;
+/// What a resumed client is told.
+pub const RESTARTED: &str = "The server restarted; you are still connected.";
+/// ... and when lines may have been lost.
+pub const RESTARTED_MISSED: &str =
+    "The server restarted; you are still connected, but lines may have been missed.";
 
 /// Flags of [`Kind::Private`].
 pub const PRIV_ACTION: u8 = 1;
@@ -114,6 +130,7 @@ impl Kind {
             24 => Kind::Names,
             25 => Kind::Setup,
             26 => Kind::Closing,
+            27 => Kind::Resume,
             _ => return None,
         })
     }
@@ -187,7 +204,8 @@ impl<'a> Event<'a> {
         if !plain {
             super::sanitize::check(nick.as_bytes()).ok()?;
             super::sanitize::check_allowing(text.as_bytes(), |c| {
-                super::sanitize::is_formatting(c) || (kind == Kind::Setup && c == '\n')
+                super::sanitize::is_formatting(c)
+                    || (matches!(kind, Kind::Setup | Kind::Resume) && c == '\n')
             })
             .ok()?;
         }

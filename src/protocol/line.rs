@@ -174,6 +174,16 @@ impl Session for Line {
                 line(out, NOTICE, &[&l]);
             }
             Kind::Setup => greeting(&Setup::from_text(t), n, out),
+            Kind::Resume => {
+                if ev.flags & event::RESUME_MISSED != 0 {
+                    // The previous child may have stopped mid-line.
+                    out.extend_from_slice(b"\r\n");
+                    line(out, NOTICE, &[event::RESTARTED_MISSED]);
+                } else {
+                    line(out, NOTICE, &[event::RESTARTED]);
+                }
+                line(out, NOTICE, &["you are ", n]);
+            }
             Kind::Closing if ev.flags & event::CLOSING_ERROR != 0 => line(out, ERR, &[t]),
             Kind::Closing => line(out, NOTICE, &[t]),
         }

@@ -80,6 +80,15 @@ impl LineReader {
         !self.buf.is_empty()
     }
 
+    /// The bytes received and not yet returned as lines (a child handing
+    /// its client over passes them on).
+    pub fn unread(&self) -> &[u8] {
+        if self.buf.is_empty() {
+            return &[];
+        }
+        &self.buf[self.start..self.end]
+    }
+
     /// Bytes received and not yet returned as lines.
     pub fn pending(&self) -> usize {
         self.end - self.start

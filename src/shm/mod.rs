@@ -54,6 +54,7 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::io;
 use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -170,6 +171,12 @@ impl Region {
     /// Creates an anonymous memfd of the right size and maps it shared, at
     /// a [`BLOCK`]-aligned address.
     pub fn create(max_slots: usize) -> io::Result<Region> {
+        Region::create_kept(max_slots).map(|(r, _)| r)
+    }
+
+    /// Like [`Region::create`], and keeps the memfd (for systemd's fd
+    /// store, so that the next master can take the region over).
+    pub fn create_kept(max_slots: usize) -> io::Result<(Region, OwnedFd)> {
         let layout = Layout::new(max_slots);
         let fd = memfd_create(
             c"chatd-shm",
@@ -178,6 +185,39 @@ impl Region {
         .map_err(io::Error::from)?;
         let file = File::from(fd);
         file.set_len(layout.len as u64)?;
+        let region = Region::map(&file, layout)?;
+        let h = region.header();
+        h.magic.store(MAGIC, Relaxed);
+        h.max_slots.store(max_slots as u64, Relaxed);
+        h.log_bytes.store(LOG_BYTES as u64, Relaxed);
+        Ok((region, file.into()))
+    }
+
+    /// Maps the region a previous master left (a memfd from systemd's fd
+    /// store). Untrusted: it must be a region of exactly this layout, or
+    /// it is refused and the caller starts a fresh one. What is inside
+    /// (heads, cursors, entries) is checked where it is read, as always.
+    pub fn adopt(fd: OwnedFd, max_slots: usize) -> io::Result<Region> {
+        let layout = Layout::new(max_slots);
+        let file = File::from(fd);
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        if file.metadata()?.len() != layout.len as u64 {
+            return Err(bad("its size is not this layout's"));
+        }
+        let region = Region::map(&file, layout)?;
+        let h = region.header();
+        if h.magic.load(Relaxed) != MAGIC
+            || h.max_slots.load(Relaxed) != max_slots as u64
+            || h.log_bytes.load(Relaxed) != LOG_BYTES as u64
+        {
+            // The mapping stays (leaked address space of a refused region
+            // is harmless and rare); nothing refers to it.
+            return Err(bad("its header is not this layout's"));
+        }
+        Ok(region)
+    }
+
+    fn map(file: &File, layout: Layout) -> io::Result<Region> {
         // Reserve len + BLOCK of address space, map the memfd over its first
         // aligned address, give back the rest.
         let span = layout.len + BLOCK;
@@ -195,17 +235,18 @@ impl Region {
         let aligned = start.next_multiple_of(BLOCK);
         // SAFETY: [aligned, aligned + len) lies inside the reservation just
         // made (aligned - start < BLOCK), so MAP_FIXED replaces only it. The
-        // memfd is private to this process tree (no name in any filesystem,
-        // closed right after mapping), so nobody can truncate it under the
-        // mapping; all access to the bytes goes through atomics, which is
-        // sound for memory written concurrently by other processes.
+        // memfd is private to this process tree and the service manager's
+        // fd store (no name in any filesystem), so nobody truncates it under
+        // the mapping (its size was checked or set by the caller); all access
+        // to the bytes goes through atomics, which is sound for memory
+        // written concurrently by other processes.
         let base = unsafe {
             mmap(
                 NonZeroUsize::new(aligned),
                 nz(layout.len),
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
-                &file,
+                file,
                 0,
             )
         }?;
@@ -220,16 +261,11 @@ impl Region {
                 }?;
             }
         }
-        let region = Region {
+        Ok(Region {
             base: base.cast(),
             layout,
             own: None,
-        };
-        let h = region.header();
-        h.magic.store(MAGIC, Relaxed);
-        h.max_slots.store(max_slots as u64, Relaxed);
-        h.log_bytes.store(LOG_BYTES as u64, Relaxed);
-        Ok(region)
+        })
     }
 
     pub fn layout(&self) -> &Layout {

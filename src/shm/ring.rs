@@ -42,6 +42,14 @@ pub enum Kind {
     Part = 7,
     /// A private message: `[flags][target length][target][text]`.
     Private = 8,
+    /// Handing over (the master is gone): input read from the client and
+    /// not yet handled, for the child that takes the client over. Only
+    /// that child reads it; the master skips it.
+    Carry = 9,
+    /// Handing over: the child stopped cleanly. Everything up to its log
+    /// cursor was written to the client, whole lines only, and the
+    /// `Carry` entries just before this one hold the rest of its input.
+    Handover = 10,
 }
 
 impl Kind {
@@ -55,6 +63,8 @@ impl Kind {
             6 => Kind::Join,
             7 => Kind::Part,
             8 => Kind::Private,
+            9 => Kind::Carry,
+            10 => Kind::Handover,
             _ => return None,
         })
     }
@@ -120,6 +130,46 @@ impl RingWriter {
         self.published = self.head;
         self.ctl.consumed.load(SeqCst) == before
     }
+}
+
+/// What a child that handed its client over left at the end of its ring.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HandedOver {
+    /// The last entry is a [`Kind::Handover`]: the child stopped cleanly.
+    pub clean: bool,
+    /// The input it carried over (the `Carry` entries before that).
+    pub carry: Vec<u8>,
+    /// A `Quit` entry is among them: the client was leaving.
+    pub quit: bool,
+}
+
+/// Reads the unconsumed part of a slot's ring, without consuming anything,
+/// for what a child that handed its client over left there. Used by the
+/// master that adopts the client (was it clean?) and by the new child
+/// (its carried input). Never writes.
+pub fn handed_over(
+    ring: &[AtomicU64],
+    hdr: &SlotHeader,
+    ctl: &SlotControl,
+) -> Result<HandedOver, Corrupt> {
+    let mut r = RingReader::from_parts(ring, hdr, ctl);
+    let mut out = HandedOver::default();
+    let (mut pieces, mut payload) = (Vec::new(), Vec::new());
+    r.refresh()?;
+    while let Some(kind) = r.peek(&mut payload)? {
+        r.advance();
+        out.clean = kind == Kind::Handover;
+        out.quit |= kind == Kind::Quit;
+        match kind {
+            Kind::Carry => pieces.extend_from_slice(&payload),
+            Kind::Handover => out.carry = std::mem::take(&mut pieces),
+            _ => pieces.clear(),
+        }
+    }
+    if !out.clean {
+        out.carry.clear();
+    }
+    Ok(out)
 }
 
 /// A ring entry that cannot be valid: the child is broken or hostile.

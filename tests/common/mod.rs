@@ -7,7 +7,9 @@
 //! client with timeouts. Every wait polls a condition with a deadline.
 #![allow(dead_code)]
 
+pub mod chatter;
 pub mod irc;
+pub mod store;
 pub mod tls;
 
 use std::collections::BTreeMap;

@@ -393,6 +393,26 @@ impl Session for Irc {
                 self.motd = s.motd;
                 self.nick = n.to_string();
             }
+            Kind::Resume => {
+                let s = Setup::from_text(t);
+                self.server = irc_name(&s.server);
+                self.channel = s.channel;
+                self.topic = s.topic;
+                self.motd = s.motd;
+                self.nick = n.to_string();
+                (self.got_nick, self.got_user, self.registered) = (true, true, true);
+                self.cap_open = false;
+                self.joined = ev.flags & event::RESUME_JOINED != 0;
+                let text = if ev.flags & event::RESUME_MISSED != 0 {
+                    // The previous child may have stopped mid-line: an
+                    // empty line ends it, which clients ignore.
+                    out.extend_from_slice(b"\r\n");
+                    event::RESTARTED_MISSED
+                } else {
+                    event::RESTARTED
+                };
+                self.notice(out, text);
+            }
             Kind::Closing => {
                 self.notice(out, t);
                 let e = format!("Closing Link: {} ({t})", self.nick);
