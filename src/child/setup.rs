@@ -14,14 +14,16 @@
 //!    a panic hook that writes one line to stderr and `_exit`s (under the
 //!    seccomp filter a normal panic would die confusingly of SIGSYS);
 //! 2. signals: unblock everything the master blocked for its signalfd;
-//!    ignore SIGINT and SIGHUP (a terminal's Ctrl-C or hangup reaches the
-//!    whole process group; the master turns it into an orderly shutdown),
+//!    ignore SIGINT, SIGHUP and SIGTERM (a terminal's Ctrl-C or hangup
+//!    reaches the whole process group, and the unit's SIGTERM the whole
+//!    control group; the master turns it into an orderly shutdown or a
+//!    handover, and a carried child outlives a dead master to finish),
 //!    SIGPIPE and SIGXFSZ; default SIGSEGV and SIGBUS (no std handler);
 //! 3. PR_SET_PDEATHSIG(SIGKILL), then check that the parent is still the
 //!    master, so a master killed by SIGKILL leaves no orphan; except for a
 //!    client in systemd's fd store, whose child outlives its master just
 //!    long enough to hand the client over (it sees its control socket
-//!    close; see `crate::master::handover`) and ignores SIGTERM;
+//!    close; see `crate::master::handover`);
 //! 4. fds: the client socket to 3, the control socket to 4, the shared
 //!    wake-up eventfd to 5, close stdin, stdout and every fd above 5
 //!    (listeners, other children's sockets, the signalfd, epoll, timerfd,
@@ -103,8 +105,7 @@ pub struct Jail<'a> {
     pub master: Pid,
     pub filter: &'a seccompiler::BpfProgram,
     /// The client is in systemd's fd store (`Spec::carried`): the child
-    /// outlives its master to hand it over, so no parent-death signal,
-    /// and SIGTERM is ignored.
+    /// outlives its master to hand it over, so no parent-death signal.
     pub carried: bool,
 }
 
@@ -150,7 +151,7 @@ pub fn prepare(
     own: Option<OwnStack>,
     title: &str,
 ) -> Prepared {
-    step("signals", reset_signals(jail.carried));
+    step("signals", reset_signals());
     if !jail.carried {
         step(
             "parent-death signal",
@@ -203,13 +204,7 @@ pub(super) fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> T {
     }
 }
 
-fn reset_signals(carried: bool) -> nix::Result<()> {
-    // A carried child outlives its master to hand its client over; the
-    // unit's SIGTERM to the whole group must not cut that short.
-    let term = match carried {
-        true => SigHandler::SigIgn,
-        false => SigHandler::SigDfl,
-    };
+fn reset_signals() -> nix::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
     // SAFETY: installing SIG_IGN/SIG_DFL runs no handler code in this process.
     unsafe {
@@ -223,7 +218,7 @@ fn reset_signals(carried: bool) -> nix::Result<()> {
         // allowlist; a memory fault must show as the SIGSEGV/SIGBUS it is.
         signal(Signal::SIGSEGV, SigHandler::SigDfl)?;
         signal(Signal::SIGBUS, SigHandler::SigDfl)?;
-        signal(Signal::SIGTERM, term)?;
+        signal(Signal::SIGTERM, SigHandler::SigIgn)?;
         signal(Signal::SIGCHLD, SigHandler::SigDfl)?;
     }
     Ok(())

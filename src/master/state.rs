@@ -166,6 +166,18 @@ fn decode(slot: usize, w: &[u64]) -> Option<Record> {
     })
 }
 
+/// A whole state file for `capacity` slots holding `records` (what the
+/// master's in-place writes add up to); for tests and the fuzz target.
+pub fn render(capacity: usize, next_serial: u64, records: &[Record]) -> Vec<u8> {
+    let mut w = vec![0u64; size(capacity) / 8];
+    w[..4].copy_from_slice(&[MAGIC, VERSION, capacity as u64, next_serial]);
+    for r in records.iter().filter(|r| r.slot < capacity) {
+        let base = HEADER_WORDS + r.slot * RECORD_WORDS;
+        w[base..base + RECORD_WORDS].copy_from_slice(&encode(r));
+    }
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// Reads a state file made for `capacity` slots. Untrusted input: anything
 /// that does not check out is an error (the whole file) or a broken record
 /// (one slot).
@@ -344,6 +356,8 @@ mod tests {
         let snap = parse(&bytes(&s), 4).unwrap();
         assert_eq!(snap.next_serial, 42);
         assert_eq!(snap.records, vec![rec(1, "alice"), rec(3, "guest-17")]);
+        let rendered = render(4, 42, &[rec(1, "alice"), rec(3, "guest-17")]);
+        assert_eq!(rendered, bytes(&s));
         assert!(snap.broken.is_empty());
         let fd = s.fd().try_clone().unwrap();
         let (_, again) = State::adopt(fd, 4).unwrap();

@@ -16,6 +16,8 @@ struct Received {
     lines: Vec<(usize, u64, Instant)>,
     notices: usize,
     closed: bool,
+    /// The last line that was not a load line.
+    last: String,
 }
 
 pub struct Chatter {
@@ -155,6 +157,8 @@ impl Chatter {
                         got.notices += 1;
                     } else if let Some(p) = line.strip_prefix("PING ") {
                         let _ = pong.write_all(format!("PONG {p}").as_bytes());
+                    } else {
+                        got.last = line.trim_end().to_string();
                     }
                 }
             }));
@@ -166,6 +170,38 @@ impl Chatter {
             expected,
             n,
             started: Instant::now(),
+        }
+    }
+
+    /// For a load that the server ends: waits until every client is
+    /// disconnected, and checks that each last heard `last_words` and
+    /// received every other client's lines exactly once and in order up
+    /// to then.
+    pub fn finish_closed(self, last_words: &str) {
+        let n = self.n;
+        // Readers end at EOF (or TIMEOUT after this, with nothing expected).
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.senders {
+            h.join().unwrap();
+        }
+        let got: Vec<Received> = self
+            .readers
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        for (i, g) in got.iter().enumerate() {
+            assert!(g.closed, "{} was not disconnected", nick(i));
+            assert!(
+                g.last.contains(last_words),
+                "{} last heard {:?}",
+                nick(i),
+                g.last
+            );
+            for j in (0..n).filter(|&j| j != i) {
+                let seq: Vec<u64> = g.lines.iter().filter(|l| l.0 == j).map(|l| l.1).collect();
+                let in_order = seq.iter().enumerate().all(|(k, &x)| x == k as u64);
+                assert!(in_order, "{} from {}: {seq:?}", nick(i), nick(j));
+            }
         }
     }
 

@@ -6,6 +6,9 @@
 //! script of honest pushes and publishes by slot 1's writer, arbitrary
 //! stores into slot 1 ("pokes"), and master reads of every slot.
 //!
+//! A `Scan` reads the ring as the master and child that take a client
+//! over after a restart do (`handed_over`).
+//!
 //! Checked: no panic and no out-of-bounds read (the slices are bounds
 //! checked), every payload within the ring's limit, every validated line
 //! sanitised and within the line limit; while slot 1 has not been poked,
@@ -20,7 +23,7 @@ use chatd::config::MAX_LINE_LIMIT;
 use chatd::master::request::{validate, Request};
 use chatd::protocol::sanitize;
 use chatd::protocol::Ask;
-use chatd::shm::ring::{Kind, RingReader, RingWriter, MAX_PAYLOAD};
+use chatd::shm::ring::{handed_over, Kind, RingReader, RingWriter, MAX_PAYLOAD, RING_BYTES};
 use chatd::shm::Region;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
@@ -54,9 +57,10 @@ enum Op {
     Read {
         max: u8,
     },
+    Scan,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 10] = [
     Kind::Chat,
     Kind::Me,
     Kind::Nick,
@@ -65,6 +69,8 @@ const KINDS: [Kind; 8] = [
     Kind::Join,
     Kind::Part,
     Kind::Private,
+    Kind::Carry,
+    Kind::Handover,
 ];
 
 fn region() -> &'static Region {
@@ -197,6 +203,31 @@ fuzz_target!(|ops: Vec<Op>| {
                 ring[i].store(pos, SeqCst);
                 ring[i + 1].store(kind as u64 | (len as u64) << 8, SeqCst);
                 poked = true;
+            }
+            Op::Scan => {
+                // What a new master and a new child read after a restart.
+                let h = handed_over(r.ring(1), r.slot_header(1), r.control(1));
+                if let Ok(h) = &h {
+                    assert!(h.carry.len() as u64 <= RING_BYTES);
+                    assert!(h.clean || h.carry.is_empty());
+                }
+                if !poked {
+                    let h = h.expect("an honest ring scans");
+                    let (mut carry, mut pieces) = (Vec::new(), Vec::new());
+                    for (k, p) in &published {
+                        match k {
+                            Kind::Carry => pieces.extend_from_slice(p),
+                            Kind::Handover => carry = std::mem::take(&mut pieces),
+                            _ => pieces.clear(),
+                        }
+                    }
+                    let clean = published.back().is_some_and(|e| e.0 == Kind::Handover);
+                    assert_eq!(h.clean, clean);
+                    assert_eq!(h.quit, published.iter().any(|e| e.0 == Kind::Quit));
+                    if clean {
+                        assert_eq!(h.carry, carry);
+                    }
+                }
             }
             Op::Read { max } => {
                 let Some(got) = read(r, 1, 1 + max as usize) else {
