@@ -31,6 +31,22 @@ fn wait_gone(pids: &[i32]) {
     .expect("the old children handed over and exited");
 }
 
+/// Kills the master (SIGKILL) and waits until its children handed over.
+fn crash(server: &mut Server) {
+    let kids = server.children();
+    server.signal(libc::SIGKILL);
+    server.wait_exit(TIMEOUT).expect("master killed");
+    wait_gone(&kids);
+}
+
+/// Overwrites part of the stored state file.
+fn corrupt_state(store: &FdStore, offset: u64, bytes: &[u8]) {
+    let stored = store.stored.lock().unwrap();
+    let (_, fd) = stored.iter().find(|(n, _)| n == "kept-state").unwrap();
+    let f = std::fs::File::from(fd.try_clone().unwrap());
+    f.write_all_at(bytes, offset).unwrap();
+}
+
 #[test]
 fn crash_and_handover_keep_every_client_and_line() {
     let store = FdStore::new(&render(&base_config()));
@@ -44,10 +60,7 @@ fn crash_and_handover_keep_every_client_and_line() {
     wait_stored(&store, 3);
 
     // A crash: the children finish their writes and exit; the clients stay.
-    let kids = server.children();
-    server.signal(libc::SIGKILL);
-    server.wait_exit(TIMEOUT).expect("master killed");
-    wait_gone(&kids);
+    crash(&mut server);
     alice.send("said while no master ran\n");
     let server = store.start();
     server.wait_log("event=\"takeover\"");
@@ -119,10 +132,7 @@ fn ten_clients_under_load_lose_nothing_across_a_crash_and_a_handover() {
     let irc = server.irc_addr.unwrap();
     let load = common::chatter::Chatter::start(server.addr, irc, 10, 50);
     std::thread::sleep(Duration::from_millis(500));
-    let kids = server.children();
-    server.signal(libc::SIGKILL);
-    server.wait_exit(TIMEOUT).unwrap();
-    wait_gone(&kids);
+    crash(&mut server);
     let mut server = store.start();
     std::thread::sleep(Duration::from_millis(500));
     let kids = server.children();
@@ -145,17 +155,9 @@ fn corrupt_state_still_keeps_the_clients_with_fresh_nicks() {
     let mut alice = line_client(&server, "alice");
     let mut bob = Irc::register(&server, "bob");
     wait_stored(&store, 2);
-    let kids = server.children();
-    server.signal(libc::SIGKILL);
-    server.wait_exit(TIMEOUT).unwrap();
-    wait_gone(&kids);
+    crash(&mut server);
     // Garbage over the state file's records (the header stays valid).
-    {
-        let stored = store.stored.lock().unwrap();
-        let (_, fd) = stored.iter().find(|(n, _)| n == "kept-state").unwrap();
-        let f = std::fs::File::from(fd.try_clone().unwrap());
-        f.write_all_at(&[0xa5; 4096], 64).unwrap();
-    }
+    corrupt_state(&store, 64, &[0xa5; 4096]);
     let server = store.start();
     server.wait_log("event=\"takeover\"");
     let l = alice.expect("lines may have been missed");
@@ -179,16 +181,8 @@ fn a_rejected_state_file_is_replaced_in_the_store() {
     let mut server = store.start();
     let mut alice = line_client(&server, "alice");
     wait_stored(&store, 1);
-    let kids = server.children();
-    server.signal(libc::SIGKILL);
-    server.wait_exit(TIMEOUT).unwrap();
-    wait_gone(&kids);
-    {
-        let stored = store.stored.lock().unwrap();
-        let (_, fd) = stored.iter().find(|(n, _)| n == "kept-state").unwrap();
-        let f = std::fs::File::from(fd.try_clone().unwrap());
-        f.write_all_at(b"not chatd", 0).unwrap();
-    }
+    crash(&mut server);
+    corrupt_state(&store, 0, b"not chatd");
     let server = store.start();
     server.wait_log("the previous master's state is unusable (not a chatd state file)");
     alice.expect("lines may have been missed");

@@ -269,23 +269,9 @@ impl Master {
                             continue;
                         }
                         let arrival = Arrival::Resume { rec, missed };
-                        match self.fork_child(slot, stream, peer, service, arrival) {
-                            Ok(()) => {
-                                self.relay.mark_ready(&mut self.clients, slot);
-                                resumed += 1;
-                            }
-                            Err((e, stream)) => {
-                                self.clients.return_slot(slot);
-                                warn!(event = "fork_failed", peer = %peer, error = %e, "cannot take over {peer}: {e}");
-                                self.notifier.remove_fd(&client_name(id));
-                                self.refuse(
-                                    stream,
-                                    peer,
-                                    service,
-                                    "cannot start a child",
-                                    "server busy, try again later",
-                                );
-                            }
+                        if self.fork_taken(slot, stream, peer, service, arrival) {
+                            self.relay.mark_ready(&mut self.clients, slot);
+                            resumed += 1;
                         }
                     }
                 },
@@ -313,17 +299,7 @@ impl Master {
                 );
                 continue;
             };
-            if let Err((e, stream)) = self.fork_child(slot, stream, peer, service, Arrival::Fresh) {
-                self.clients.return_slot(slot);
-                warn!(event = "fork_failed", peer = %peer, error = %e, "cannot take over {peer}: {e}");
-                self.refuse(
-                    stream,
-                    peer,
-                    service,
-                    "cannot start a child",
-                    "server busy, try again later",
-                );
-            }
+            self.fork_taken(slot, stream, peer, service, Arrival::Fresh);
         }
         if n_kept > 0 || missed_all && !self.clients.is_empty() {
             info!(
@@ -335,6 +311,33 @@ impl Master {
                 "took over {n_kept} clients from the previous master: {resumed} resumed, {n_fresh} with fresh state, {refused} refused"
             );
         }
+    }
+
+    /// Forks the child for a client taken over, in `slot` (taken); if that
+    /// fails, frees the slot and refuses the client. True if it runs.
+    fn fork_taken(
+        &mut self,
+        slot: usize,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        service: Service,
+        arrival: Arrival,
+    ) -> bool {
+        let stored = match &arrival {
+            Arrival::Resume { rec, .. } => Some(rec.id),
+            _ => None,
+        };
+        let Err((e, stream)) = self.fork_child(slot, stream, peer, service, arrival) else {
+            return true;
+        };
+        self.clients.return_slot(slot);
+        if let Some(id) = stored {
+            self.notifier.remove_fd(&client_name(id));
+        }
+        warn!(event = "fork_failed", peer = %peer, error = %e, "cannot take over {peer}: {e}");
+        let why = "server busy, try again later";
+        self.refuse(stream, peer, service, "cannot start a child", why);
+        false
     }
 
     /// What a kept socket speaks: the listener on its local port, else its

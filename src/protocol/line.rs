@@ -177,7 +177,7 @@ impl Session for Line {
             Kind::Resume => {
                 if ev.flags & event::RESUME_MISSED != 0 {
                     // The previous child may have stopped mid-line.
-                    out.extend_from_slice(b"\r\n");
+                    out.push(b'\n');
                     line(out, NOTICE, &[event::RESTARTED_MISSED]);
                 } else {
                     line(out, NOTICE, &[event::RESTARTED]);

@@ -312,6 +312,32 @@ mod tests {
     }
 
     #[test]
+    fn a_handover_is_read_back_without_consuming() {
+        let r = region();
+        let scan = || handed_over(r.ring(0), r.slot_header(0), r.control(0)).unwrap();
+        let mut w = RingWriter::new(r, 0);
+        assert_eq!(scan(), HandedOver::default());
+        assert!(w.push(Kind::Chat, b"hello"));
+        assert!(w.push(Kind::Carry, b"half a li"));
+        assert!(w.push(Kind::Carry, b"ne"));
+        assert!(w.push(Kind::Handover, b""));
+        w.publish();
+        let h = scan();
+        assert!(h.clean && !h.quit);
+        assert_eq!(h.carry, b"half a line");
+        // A second handover carries only its own input; a line after it
+        // makes the stop unclean; a quit is seen.
+        assert!(w.push(Kind::Handover, b""));
+        w.publish();
+        assert_eq!(scan().carry, b"");
+        assert!(w.push(Kind::Quit, b"bye"));
+        w.publish();
+        let h = scan();
+        assert!(!h.clean && h.quit && h.carry.is_empty());
+        assert_eq!(r.control(0).consumed.load(SeqCst), 0, "nothing consumed");
+    }
+
+    #[test]
     fn garbage_is_rejected() {
         let r = region();
         let hdr = r.slot_header(0);

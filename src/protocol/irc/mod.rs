@@ -91,6 +91,17 @@ impl Irc {
         }
     }
 
+    /// Takes what a `Setup` or `Resume` event says: the nick `n` and the
+    /// server's names, topic and motd in `t`.
+    fn set_up(&mut self, n: &str, t: &str) {
+        let s = Setup::from_text(t);
+        self.server = irc_name(&s.server);
+        self.channel = s.channel;
+        self.topic = s.topic;
+        self.motd = s.motd;
+        self.nick = n.to_string();
+    }
+
     /// The nick in numerics: `*` until registered.
     fn target(&self) -> &str {
         if self.registered {
@@ -385,21 +396,9 @@ impl Session for Irc {
                     self.on_list(list, t, out);
                 }
             }
-            Kind::Setup => {
-                let s = Setup::from_text(t);
-                self.server = irc_name(&s.server);
-                self.channel = s.channel;
-                self.topic = s.topic;
-                self.motd = s.motd;
-                self.nick = n.to_string();
-            }
+            Kind::Setup => self.set_up(n, t),
             Kind::Resume => {
-                let s = Setup::from_text(t);
-                self.server = irc_name(&s.server);
-                self.channel = s.channel;
-                self.topic = s.topic;
-                self.motd = s.motd;
-                self.nick = n.to_string();
+                self.set_up(n, t);
                 (self.got_nick, self.got_user, self.registered) = (true, true, true);
                 self.cap_open = false;
                 self.joined = ev.flags & event::RESUME_JOINED != 0;
