@@ -92,6 +92,14 @@ pub struct Config {
     /// primary group becomes the only group). Ignored when not started as
     /// root. Cannot change on reload.
     pub user: String,
+    /// The control socket `chatctl` talks to (a unix socket; empty: none).
+    /// Under systemd, chatd-control.socket passes it instead. Created with
+    /// mode 0600 when chatd starts; if it cannot be created chatd runs
+    /// without it. Cannot change on reload.
+    pub control_socket: PathBuf,
+    /// Besides root and chatd's own user, members of this group may use
+    /// the control socket.
+    pub control_group: String,
     /// Empty, root-owned directory chatd chroots into when started as root,
     /// so that the children's root holds nothing. Created if missing.
     /// Cannot change on reload.
@@ -123,6 +131,8 @@ impl Default for Config {
             line_timeout: 60.0,
             server_name: "chatd".to_string(),
             motd: String::new(),
+            control_socket: PathBuf::from("/run/chatd/control"),
+            control_group: "chatd-admin".to_string(),
             user: "chatd".to_string(),
             empty_dir: PathBuf::from(DEFAULT_EMPTY_DIR),
         }

@@ -19,6 +19,7 @@ pub mod arena;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod ipc;
 pub mod logging;
 pub mod master;

@@ -18,6 +18,8 @@ command -v tmux >/dev/null || need+=(tmux)
 # TLS clients for tests/tls.rs.
 command -v openssl >/dev/null || need+=(openssl)
 command -v socat >/dev/null || need+=(socat)
+# A Prometheus text-format parser for chatctl metrics (tests/control.rs).
+/usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq

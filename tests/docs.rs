@@ -25,6 +25,8 @@ const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "tls_handshake_timeout",
+    "control_socket",
+    "control_group",
     "user",
     "empty_dir",
 ];

@@ -324,8 +324,17 @@ fn debian_package_on_real_systemd() {
         ct.prop("chatd-irc.socket", "Listen"),
         format!("127.0.0.1:{irc_port} (Stream)")
     );
-    // The TLS sockets wait for a certificate.
-    for unit in ["chatd-tls.socket", "chatd-ircs.socket"] {
+    assert_eq!(ct.sh("systemctl is-active chatd-control.socket"), "active");
+    assert_eq!(
+        ct.sh("stat -c '%U %G %a' /run/chatd/control"),
+        "root chatd-admin 660"
+    );
+    // The TLS sockets wait for a certificate, the metrics timer for the admin.
+    for unit in [
+        "chatd-tls.socket",
+        "chatd-ircs.socket",
+        "chatd-metrics.timer",
+    ] {
         assert_eq!(
             ct.try_sh(&format!("systemctl is-enabled {unit}")).1.trim(),
             "disabled"
@@ -340,7 +349,7 @@ fn debian_package_on_real_systemd() {
 
     step(
         2,
-        "clients from the host: greeting, chat, /nick, /who; status; confinement",
+        "clients from the host: greeting, chat, /nick, /who; status; confinement; chatctl who, kick, refusals",
     );
     let mut a = Client::connect(addr);
     a.greeting();
@@ -383,6 +392,38 @@ fn debian_package_on_real_systemd() {
     );
 
     irc_client_on_the_package_port(irc_port, &mut a);
+
+    // chatctl: root, and a member of chatd-admin, may; anyone else not.
+    let who = ct.sh("chatctl who");
+    for n in ["alice", "bob", c_nick.as_str()] {
+        assert!(who.contains(n), "chatctl who: {who}");
+    }
+    ct.sh("useradd -M eve && useradd -M -G chatd-admin adam");
+    let (allowed, out) = ct.try_sh("setpriv --reuid eve --regid eve --init-groups chatctl status");
+    assert!(!allowed && out.contains("cannot reach chatd"), "{out}");
+    let out = ct.sh("setpriv --reuid adam --regid adam --init-groups chatctl status");
+    assert!(out.contains("3 clients"), "{out}");
+    let mut k = Client::connect(addr);
+    let k_nick = k.greeting();
+    a.expect(&format!("{k_nick} joined"));
+    ct.sh(&format!("chatctl kick {k_nick} e2e kick"));
+    a.expect(&format!("* {k_nick} was kicked (e2e kick)"));
+    assert!(k
+        .read_to_eof()
+        .iter()
+        .any(|l| l.contains("kicked by an operator: e2e kick")));
+    let kick = ct.wait_event("kick", |v| {
+        field(v, "CHATD_EVENT") == "kick" && field(v, "CHATD_NICK") == k_nick
+    });
+    assert_eq!(field(&kick, "CHATD_ADMIN_UID"), "0", "{kick}");
+    // The metrics for node_exporter's textfile collector.
+    ct.sh("systemctl start chatd-metrics.service");
+    let prom = ct.sh("cat /var/lib/prometheus/node-exporter/chatd.prom");
+    assert!(
+        prom.contains("# TYPE chatd_lines_relayed_total counter"),
+        "{prom}"
+    );
+    assert!(prom.contains("chatd_kicks_total 1"), "{prom}");
 
     step(
         3,

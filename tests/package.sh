@@ -26,6 +26,7 @@ trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/etc/systemd/system" "$root/usr/bin" "$root/usr/lib/systemd/system"
 cp -a /usr/lib/systemd/system/. "$root/usr/lib/systemd/system/"
 cp -L /bin/sh "$root/usr/bin/sh"
+cp -L "$(command -v systemctl)" "$root/usr/bin/systemctl"
 dpkg-deb -x "$deb" "$root"
 [ -e "$root/bin" ] || ln -s usr/bin "$root/bin"
 
@@ -33,6 +34,8 @@ echo "== systemd-analyze verify" >&2
 out=$(SYSTEMD_LOG_LEVEL=notice systemd-analyze verify --man=no --root="$root" \
   "$root/usr/lib/systemd/system/chatd.socket" "$root/usr/lib/systemd/system/chatd-irc.socket" \
   "$root/usr/lib/systemd/system/chatd-tls.socket" "$root/usr/lib/systemd/system/chatd-ircs.socket" \
+  "$root/usr/lib/systemd/system/chatd-control.socket" "$root/usr/lib/systemd/system/chatd-metrics.timer" \
+  "$root/usr/lib/systemd/system/chatd-metrics.service" \
   "$root/usr/lib/systemd/system/chatd.service" 2>&1) || {
   echo "$out" >&2; exit 1; }
 if [ -n "$out" ]; then echo "$out" >&2; echo "systemd-analyze verify is not clean" >&2; exit 1; fi

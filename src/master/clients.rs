@@ -54,10 +54,28 @@ pub struct Client {
     pub since: Instant,
     /// When it connected, in seconds since the epoch (kept across restarts).
     pub since_unix: u64,
+    /// Lines it said to the room, and private messages it was sent.
+    pub lines_in: u64,
+    pub private_in: u64,
+    /// The master's relayed-lines counter when it arrived (its lines out
+    /// are the room's lines since, but its own).
+    pub relayed_at_join: u64,
+    /// Muted by an operator: until then (None: until unmuted).
+    pub muted: Option<Option<Instant>>,
     live_idx: usize,
 }
 
 impl Client {
+    /// Whether it is muted at `now`: Some(time left, or None: until
+    /// unmuted).
+    pub fn muted_until(&self, now: Instant) -> Option<Option<std::time::Duration>> {
+        match self.muted? {
+            None => Some(None),
+            Some(t) if t > now => Some(Some(t - now)),
+            Some(_) => None,
+        }
+    }
+
     /// Whether the relay log must wait for this client's cursor.
     pub fn is_reader(&self) -> bool {
         self.leaving.is_none() && !self.reaped && self.ctl_open
@@ -242,6 +260,11 @@ impl Clients {
             .map(|c| c.slot)
     }
 
+    /// The slot of the client called `name` (any case), registered or not.
+    pub fn slot_of_nick(&self, name: &str) -> Option<usize> {
+        self.nicks.get(&nick::fold(name)).copied()
+    }
+
     /// Nicks of the clients in the room, sorted case-insensitively.
     pub fn nicks_in_room(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self
@@ -288,6 +311,10 @@ pub fn new_client(
         in_ready: false,
         kill_at: None,
         since: Instant::now(),
+        lines_in: 0,
+        private_in: 0,
+        relayed_at_join: 0,
+        muted: None,
         since_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

@@ -40,8 +40,9 @@ pub fn service_of_name(name: &str) -> Service {
 /// A listening socket and what it speaks.
 pub type Listener = (TcpListener, Service);
 
-/// What systemd passed besides listening sockets: the fds a previous
-/// master stored (names starting with [`super::handover::PREFIX`]).
+/// What systemd passed besides TCP listening sockets: the control socket
+/// (`control`) and the fds a previous master stored (names starting with
+/// [`super::handover::PREFIX`]).
 pub type Kept = Vec<(String, OwnedFd)>;
 
 /// Opens the listeners: the ones systemd passed, else binds `addrs`. Fds
@@ -54,7 +55,7 @@ pub fn open(addrs: &[(SocketAddr, Service)]) -> Result<(Vec<Listener>, Origin, K
         // SAFETY: sd-notify validated LISTEN_PID and returns the fds
         // systemd passed us (3..3+LISTEN_FDS), which nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        match name.starts_with(super::handover::PREFIX) {
+        match name.starts_with(super::handover::PREFIX) || name == "control" {
             true => kept.push((name, owned)),
             false => inherited.push((owned, name)),
         }

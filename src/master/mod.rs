@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod confine;
+pub mod control;
 pub mod handover;
 pub mod listen;
 pub mod notify;
@@ -42,6 +43,7 @@ const TOKEN_SIGNAL: u64 = 1 << 62;
 const TOKEN_TIMER: u64 = (1 << 62) + 1;
 const TOKEN_WAKE_TIMER: u64 = (1 << 62) + 2;
 const TOKEN_LISTEN: u64 = 1 << 61;
+const TOKEN_CONTROL: u64 = (1 << 62) + 3;
 /// How long a child told to close may linger before SIGKILL.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -99,6 +101,11 @@ pub struct Master {
     keep: Option<handover::Keep>,
     /// SIGUSR2: ending so that the next master takes the clients over.
     handing_over: bool,
+    /// chatctl's socket (see [`control`]).
+    control: Option<control::Control>,
+    started: Instant,
+    /// The topic the configuration file gave at the last (re)load.
+    file_topic: String,
 }
 
 impl Master {
@@ -121,7 +128,16 @@ impl Master {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .context("signalfd")?;
 
-        let (listeners, origin, kept) = listen::open(&cfg.listen_addrs())?;
+        let (listeners, origin, mut kept) = listen::open(&cfg.listen_addrs())?;
+        let control_fd = kept
+            .iter()
+            .position(|(n, _)| n == "control")
+            .map(|i| kept.remove(i).1);
+        let control = control::Control::open(control_fd, &cfg.control_socket, &cfg.control_group)
+            .unwrap_or_else(|e| {
+                warn!(event = "control_unavailable", error = %format!("{e:#}"), "no control socket (chatctl): {e:#}");
+                None
+            });
         let capacity = cfg.max_clients as usize;
         let mut notifier = Notifier::from_env();
         // Under systemd, clients outlive this master (see handover).
@@ -151,6 +167,12 @@ impl Master {
             &wake_timer,
             EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_WAKE_TIMER),
         )?;
+        if let Some(c) = &control {
+            epoll.add(
+                c.listener(),
+                EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CONTROL),
+            )?;
+        }
         for (i, (l, service)) in listeners.iter().enumerate() {
             epoll.add(
                 l,
@@ -228,7 +250,11 @@ impl Master {
             ctl_buf: vec![0; ipc::MAX_MSG],
             keep,
             handing_over: false,
+            control,
+            started: Instant::now(),
+            file_topic: String::new(),
         };
+        m.file_topic = m.cfg.topic.clone();
         m.set_timer(false)?;
         m.reserve_fd = Some(m.timer.as_fd().try_clone_to_owned().context("reserve fd")?);
         if let Some((clients, snap)) = taken {
@@ -300,8 +326,16 @@ impl Master {
                 self.wake_timer_armed = false;
                 Ok(())
             }
+            TOKEN_CONTROL => {
+                self.control_accept();
+                Ok(())
+            }
             t if (TOKEN_LISTEN..TOKEN_SIGNAL).contains(&t) => {
                 self.accept_all((t - TOKEN_LISTEN) as usize);
+                Ok(())
+            }
+            t if (control::CONN_TOKEN..TOKEN_LISTEN).contains(&t) => {
+                self.control_io(t);
                 Ok(())
             }
             id => {
@@ -316,7 +350,9 @@ impl Master {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => self.reap(),
                 Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => self.begin_shutdown(s),
-                Ok(Signal::SIGHUP) => self.reload_config(),
+                Ok(Signal::SIGHUP) => {
+                    let _ = self.reload_config();
+                }
                 Ok(Signal::SIGUSR2) => self.hand_over(),
                 _ => {}
             }
@@ -525,15 +561,19 @@ impl Master {
         let _ = self.set_timer(true);
     }
 
-    fn reload_config(&mut self) {
+    /// SIGHUP or `chatctl reload`: the configuration file and the TLS
+    /// pair again. Err says what failed (the running ones stay).
+    fn reload_config(&mut self) -> Result<(), String> {
         let mut states = vec![NotifyState::Reloading];
         if let Ok(now) = NotifyState::monotonic_usec_now() {
             states.push(now);
         }
         self.notifier.send(&states);
+        let mut failed = None;
         match (self.reload)() {
             Err(e) => {
-                error!(event = "reload_failed", error = %e, "reload failed, keeping the running configuration: {e}")
+                error!(event = "reload_failed", error = %e, "reload failed, keeping the running configuration: {e}");
+                failed = Some(e.to_string());
             }
             Ok(mut new) => {
                 if new.listen != self.cfg.listen || new.irc_listen != self.cfg.irc_listen {
@@ -562,6 +602,20 @@ impl Master {
                         "tls_cert and tls_key name other files now; the files chatd started with are read again, the new names need a restart"
                     );
                 }
+                // The file's topic wins only when it changed: a topic set
+                // with chatctl survives a reload for something else.
+                let file_topic = new.topic.clone();
+                if file_topic == self.file_topic {
+                    new.topic = self.cfg.topic.clone();
+                } else if new.topic != self.cfg.topic {
+                    let ev = crate::protocol::event::Event::new(
+                        crate::protocol::event::Kind::Topic,
+                        "",
+                        &new.topic,
+                    );
+                    self.relay.emit(0, ev.encode());
+                }
+                self.file_topic = file_topic;
                 self.cfg = new;
                 info!(event = "reload", "configuration reloaded");
             }
@@ -571,11 +625,13 @@ impl Master {
             match t.reload() {
                 Ok(_) => log_identity(t, "reloaded"),
                 Err(e) => {
-                    error!(event = "tls_reload_failed", error = %e, "TLS reload failed, keeping the running certificate: {e}")
+                    error!(event = "tls_reload_failed", error = %e, "TLS reload failed, keeping the running certificate: {e}");
+                    failed.get_or_insert(format!("TLS: {e}"));
                 }
             }
         }
         self.notifier.send(&[NotifyState::Ready]);
+        failed.map_or(Ok(()), Err)
     }
 
     /// Periodic work: deadlines, stalls, status.

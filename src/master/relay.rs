@@ -84,6 +84,8 @@ pub struct Relay {
     lines_since_wake: usize,
     /// The children were told to trim since the last wake-up.
     trimmed: bool,
+    /// Wake-ups so far (metrics).
+    wakeups: u64,
     payload: Vec<u8>,
 }
 
@@ -103,6 +105,7 @@ impl Relay {
             lines_at_last_wake: 0,
             lines_since_wake: 0,
             trimmed: false,
+            wakeups: 0,
             payload: Vec::with_capacity(MAX_LINE_LIMIT),
         }
     }
@@ -128,6 +131,16 @@ impl Relay {
                 self.ready.push_back(slot);
             }
         }
+    }
+
+    /// Wake-ups of the children so far.
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups
+    }
+
+    /// Bytes of the log that readers still need, and its size.
+    pub fn log_fill(&self) -> (u64, u64) {
+        (self.log.head() - self.log.tail(), LOG_BYTES as u64)
     }
 
     /// Whether the log is full and the relay is waiting for readers.
@@ -231,6 +244,7 @@ impl Master {
         r.last_wake = Some(now);
         r.lines_at_last_wake = std::mem::take(&mut r.lines_since_wake);
         r.trimmed = false;
+        r.wakeups += 1;
         r.unwoken = false;
         r.held_since = None;
         r.prev_woken_head = r.woken_head;
@@ -324,10 +338,20 @@ impl Master {
 
     /// The hot path: records one chat or /me line from a client in the room.
     fn relay_line(&mut self, slot: usize, action: bool, text: &str) {
-        let c = self.clients.get(slot).unwrap();
+        let c = self.clients.get_mut(slot).unwrap();
         if !c.in_room || c.leaving.is_some() {
             return;
         }
+        if c.muted.is_some() {
+            if c.muted_until(Instant::now()).is_some() {
+                let ev = Event::new(Kind::Notice, "", "you are muted: your line was not relayed");
+                self.send_event(slot, ev);
+                return;
+            }
+            c.muted = None;
+        }
+        c.lines_in += 1;
+        let c = self.clients.get(slot).unwrap();
         let kind = if action { Kind::Action } else { Kind::Chat };
         let mut payload = Vec::with_capacity(event::HEADER + c.nick.len() + text.len());
         Event::new(kind, &c.nick, text).encode_into(&mut payload);
@@ -402,6 +426,9 @@ impl Master {
                 Some(to) => {
                     let ev = Event::new(Kind::Private, &nick_now, &text).with_flags(flags);
                     self.send_event(to, ev);
+                    if let Some(c) = self.clients.get_mut(to) {
+                        c.private_in += 1;
+                    }
                 }
                 None => self.send_event(slot, Event::new(Kind::NoSuchNick, &target, "")),
             },
@@ -419,6 +446,12 @@ impl Master {
 
     /// Posts the leave notice once and stops waiting for the client's reads.
     pub(super) fn leave(&mut self, slot: usize, reason: &str) {
+        self.leave_with(slot, reason, None);
+    }
+
+    /// Like [`Master::leave`], with `notice` (an encoded event) for the
+    /// room instead of a Quit: a kick.
+    pub(super) fn leave_with(&mut self, slot: usize, reason: &str, notice: Option<Vec<u8>>) {
         let Some(c) = self.clients.get_mut(slot) else {
             return;
         };
@@ -427,7 +460,7 @@ impl Master {
         }
         c.leaving = Some(reason.to_string());
         if self.shutdown_at.is_none() && c.in_room {
-            let ev = Event::new(Kind::Quit, &c.nick, reason).encode();
+            let ev = notice.unwrap_or_else(|| Event::new(Kind::Quit, &c.nick, reason).encode());
             self.relay.emit(0, ev);
         }
     }

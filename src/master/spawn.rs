@@ -335,6 +335,7 @@ impl Master {
                     .epoll
                     .add(&mine, EpollEvent::new(EpollFlags::EPOLLIN, id));
                 let mut c = new_client(slot, id, serial, pid, peer, nick.clone(), service, mine);
+                c.relayed_at_join = self.stats.relayed;
                 if let Some(rec) = resumed {
                     (c.in_room, c.registered, c.since_unix) =
                         (rec.in_room, rec.registered, rec.since);

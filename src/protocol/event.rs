@@ -31,6 +31,10 @@ pub enum Kind {
     Nick = 6,
     /// A server notice to the room (`text`).
     Notice = 7,
+    /// An operator removed `nick` from the server; `text` is the reason.
+    Kick = 8,
+    /// The room's topic is now `text`.
+    Topic = 9,
     /// A private message from `nick`; flags: [`PRIV_ACTION`], [`PRIV_NOTICE`].
     Private = 20,
     /// Reply: your nick changed from `nick` to `text`.
@@ -123,6 +127,8 @@ impl Kind {
             5 => Kind::Quit,
             6 => Kind::Nick,
             7 => Kind::Notice,
+            8 => Kind::Kick,
+            9 => Kind::Topic,
             20 => Kind::Private,
             21 => Kind::NickOk,
             22 => Kind::NickError,

@@ -155,6 +155,10 @@ impl Session for Line {
             Kind::Quit => line(out, NOTICE, &[n, " left (", t, ")"]),
             Kind::Nick => line(out, NOTICE, &[n, " is now ", t]),
             Kind::Notice => line(out, NOTICE, &[t]),
+            Kind::Kick if t.is_empty() => line(out, NOTICE, &[n, " was kicked"]),
+            Kind::Kick => line(out, NOTICE, &[n, " was kicked (", t, ")"]),
+            Kind::Topic if t.is_empty() => line(out, NOTICE, &["the topic was cleared"]),
+            Kind::Topic => line(out, NOTICE, &["topic: ", t]),
             Kind::Private if ev.flags & event::PRIV_ACTION != 0 => {
                 line(out, "[private] ", &[NOTICE, n, " ", t])
             }

@@ -82,17 +82,27 @@ pub fn base_config() -> BTreeMap<String, String> {
     m.insert("flood_rate".into(), "0".into());
     // Tests run as root on CI, where no `chatd` user exists.
     m.insert("user".into(), "\"nobody\"".into());
+    // No control socket unless a test asks for one (CONTROL_HERE): tests
+    // run at once must not share /run/chatd/control.
+    m.insert("control_socket".into(), "\"\"".into());
     m
 }
+
+/// A `control_socket` value that [`Server::command`] replaces with a path
+/// in the server's own temp dir ([`Server::control_path`]).
+pub const CONTROL_HERE: &str = "\"CONTROL_HERE\"";
 
 /// A config for a test: IRC on an ephemeral port unless it says otherwise
 /// (the built-in default, 6667, would collide between tests run at once).
 pub fn with_irc_port(config: &str) -> String {
-    if config.contains("irc_listen") {
-        config.to_string()
-    } else {
-        format!("{config}\nirc_listen = [\"127.0.0.1:0\"]\n")
+    let mut c = config.to_string();
+    if !c.contains("irc_listen") {
+        c.push_str("\nirc_listen = [\"127.0.0.1:0\"]\n");
     }
+    if !c.contains("control_socket") {
+        c.push_str("\ncontrol_socket = \"\"\n");
+    }
+    c
 }
 
 pub fn render(cfg: &BTreeMap<String, String>) -> String {
@@ -122,7 +132,9 @@ impl Server {
     pub fn command(config: &str) -> (Command, TempDir, PathBuf) {
         let dir = TempDir::new();
         let config_path = dir.0.join("chatd.toml");
-        std::fs::write(&config_path, with_irc_port(config)).unwrap();
+        let control = format!("\"{}\"", dir.0.join("control").display());
+        let text = with_irc_port(config).replace(CONTROL_HERE, &control);
+        std::fs::write(&config_path, text).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("--config").arg(&config_path);
         (cmd, dir, config_path)
@@ -184,6 +196,27 @@ impl Server {
         s.addr = line.expect("listen event");
         s.irc_addr = irc;
         (s, first)
+    }
+
+    /// The control socket, if the config said [`CONTROL_HERE`].
+    pub fn control_path(&self) -> PathBuf {
+        self.dir.0.join("control")
+    }
+
+    /// Runs chatctl against this server's control socket: (exit status,
+    /// stdout, stderr).
+    pub fn chatctl(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_chatctl"))
+            .arg("--socket")
+            .arg(self.control_path())
+            .args(args)
+            .output()
+            .expect("chatctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn pid(&self) -> i32 {

@@ -343,7 +343,13 @@ impl Session for Irc {
                 | Kind::Quit
                 | Kind::Nick
                 | Kind::Notice
+                | Kind::Kick
+                | Kind::Topic
         );
+        if ev.kind == Kind::Topic {
+            // Kept for a later JOIN's 332, even while parted.
+            self.topic = t.to_string();
+        }
         if room && !self.joined {
             return;
         }
@@ -360,6 +366,15 @@ impl Session for Irc {
             Kind::Quit => write_parts(out, &self.from(n), "QUIT", &[t]),
             Kind::Nick => write_parts(out, &self.from(n), "NICK", &[t]),
             Kind::Notice => write(out, &self.server, "NOTICE", &[&self.channel, t]),
+            Kind::Kick => {
+                let reason = if t.is_empty() {
+                    "kicked by an operator"
+                } else {
+                    t
+                };
+                write(out, &self.server, "KICK", &[&self.channel, n, reason]);
+            }
+            Kind::Topic => write(out, &self.server, "TOPIC", &[&self.channel, t]),
             Kind::Private => {
                 let notice = ev.flags & event::PRIV_NOTICE != 0;
                 let cmd = if notice { "NOTICE" } else { "PRIVMSG" };
