@@ -100,6 +100,11 @@ pub struct Config {
     /// Besides root and chatd's own user, members of this group may use
     /// the control socket.
     pub control_group: String,
+    /// Where chatd keeps what outlives it (the bans). Created if missing
+    /// (given to `user` when started as root); if it cannot be used, bans
+    /// last until chatd stops. Under systemd, `StateDirectory=chatd`.
+    /// Cannot change on reload.
+    pub state_dir: PathBuf,
     /// Empty, root-owned directory chatd chroots into when started as root,
     /// so that the children's root holds nothing. Created if missing.
     /// Cannot change on reload.
@@ -133,6 +138,7 @@ impl Default for Config {
             motd: String::new(),
             control_socket: PathBuf::from("/run/chatd/control"),
             control_group: "chatd-admin".to_string(),
+            state_dir: PathBuf::from("/var/lib/chatd"),
             user: "chatd".to_string(),
             empty_dir: PathBuf::from(DEFAULT_EMPTY_DIR),
         }

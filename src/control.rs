@@ -43,6 +43,18 @@ pub enum Command {
     Topic {
         text: String,
     },
+    /// Refuse an address, a CIDR range or nicks matching a mask, for a
+    /// while or for good; kicks who matches now.
+    Ban {
+        target: String,
+        time: Option<Duration>,
+        reason: String,
+    },
+    Unban {
+        target: String,
+    },
+    /// The bans in force.
+    Bans,
     /// Re-read the configuration (as SIGHUP).
     Reload,
     /// Counters in the Prometheus text format.
@@ -57,7 +69,7 @@ pub struct Request {
 }
 
 /// Every command with its arguments, for `help` and errors.
-pub const USAGE: &str = "status | who | kick NICK [REASON] | mute NICK [--for DURATION] | unmute NICK | say TEXT | topic TEXT | reload | metrics";
+pub const USAGE: &str = "status | who | kick NICK [REASON] | ban ADDR|CIDR|NICKMASK [--for DURATION] [REASON] | unban TARGET | bans | mute NICK [--for DURATION] | unmute NICK | say TEXT | topic TEXT | reload | metrics";
 
 /// A duration such as `90`, `90s`, `10m`, `2h` or `7d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
@@ -96,7 +108,14 @@ pub fn parse(line: &str) -> Result<Request, String> {
     let nick = |args: &str| -> Result<(String, String), String> {
         let (n, more) = split_word(args);
         if n.is_empty() {
-            return Err(format!("{word}: which nick?"));
+            return Err(format!(
+                "{word}: which {}?",
+                if word.ends_with("ban") {
+                    "target"
+                } else {
+                    "nick"
+                }
+            ));
         }
         Ok((n.to_string(), more.to_string()))
     };
@@ -112,6 +131,28 @@ pub fn parse(line: &str) -> Result<Request, String> {
         "status" => no_args(Command::Status)?,
         "who" => no_args(Command::Who)?,
         "reload" => no_args(Command::Reload)?,
+        "bans" => no_args(Command::Bans)?,
+        "ban" => {
+            let (target, more) = nick(args)?;
+            let (time, reason) = match split_word(&more) {
+                ("--for", rest) => {
+                    let (d, reason) = split_word(rest);
+                    let t = parse_duration(d)
+                        .ok_or_else(|| format!("ban: bad duration {d:?} (90s, 10m, 2h, 7d)"))?;
+                    (Some(t), reason.to_string())
+                }
+                _ => (None, more),
+            };
+            Command::Ban {
+                target,
+                time,
+                reason,
+            }
+        }
+        "unban" => match nick(args)? {
+            (target, more) if more.is_empty() => Command::Unban { target },
+            _ => return Err("unban takes one target".into()),
+        },
         "metrics" => no_args(Command::Metrics)?,
         "kick" => {
             let (nick, reason) = nick(args)?;
@@ -221,6 +262,37 @@ mod tests {
             assert!(e.contains(why), "{line:?}: {e}");
         }
         assert!(parse(&"say x".repeat(2000)).unwrap_err().contains("longer"));
+    }
+
+    #[test]
+    fn bans() {
+        assert_eq!(
+            cmd("ban 10.0.0.0/8 --for 2h spam wave"),
+            Command::Ban {
+                target: "10.0.0.0/8".into(),
+                time: Some(Duration::from_secs(7200)),
+                reason: "spam wave".into()
+            }
+        );
+        assert_eq!(
+            cmd("ban spam*"),
+            Command::Ban {
+                target: "spam*".into(),
+                time: None,
+                reason: String::new()
+            }
+        );
+        assert_eq!(
+            cmd("unban spam*"),
+            Command::Unban {
+                target: "spam*".into()
+            }
+        );
+        assert_eq!(cmd("bans"), Command::Bans);
+        assert!(parse("ban").unwrap_err().contains("which target"));
+        assert!(parse("ban x --for ever")
+            .unwrap_err()
+            .contains("bad duration"));
     }
 
     #[test]

@@ -259,3 +259,105 @@ fn a_uid_that_is_not_an_admin_is_refused() {
     // Root still may.
     ok(&server, &["status"]);
 }
+
+/// A line client connecting from `from` (another loopback address).
+fn connect_from(server: &Server, from: &str) -> Client {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    nix::sys::socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        &nix::sys::socket::SockaddrStorage::from(local),
+    )
+    .unwrap();
+    nix::sys::socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        &nix::sys::socket::SockaddrStorage::from(server.addr),
+    )
+    .unwrap();
+    Client::from_stream(std::net::TcpStream::from(sock))
+}
+
+#[test]
+fn bans_refuse_at_connect_lapse_and_survive_a_restart() {
+    let state = TempDir::new();
+    let mut cfg = base_config();
+    cfg.insert("control_socket".into(), CONTROL_HERE.into());
+    cfg.insert("state_dir".into(), format!("\"{}\"", state.0.display()));
+    let config = render(&cfg);
+    let mut server = Server::start_text(&config, &[]);
+    let mut alice = line_client(&server, "alice");
+    let mut mallory = connect_from(&server, "127.0.0.2");
+    let m_nick = mallory.greeting();
+    alice.expect(&format!("{m_nick} joined"));
+
+    // An address: the client there is removed, the next one refused
+    // before a process is started for it.
+    let out = ok(&server, &["ban", "127.0.0.2", "spam", "wave"]);
+    assert!(out.contains("1 connected client(s) removed"), "{out}");
+    let rest = mallory.read_to_eof();
+    assert!(
+        rest.iter()
+            .any(|l| l == "! banned by an operator: spam wave"),
+        "{rest:?}"
+    );
+    alice.expect(&format!("* {m_nick} was kicked (spam wave)"));
+    let kids = server.children().len();
+    let mut again = connect_from(&server, "127.0.0.2");
+    assert_eq!(again.read_to_eof(), ["! you are banned: spam wave"]);
+    assert_eq!(
+        server.children().len(),
+        kids,
+        "a process was started for a banned address"
+    );
+    server.wait_log("reason=\"banned\"");
+    // A range, with a time limit; a nick mask.
+    ok(&server, &["ban", "127.0.0.4/30", "--for", "2s"]);
+    ok(&server, &["ban", "spam*", "no", "bots"]);
+    alice.send("/nick SpamBot\n");
+    alice.expect("! nick SpamBot is banned");
+    let bans = ok(&server, &["bans"]);
+    for t in ["127.0.0.2 ", "127.0.0.4/30", "spam*"] {
+        assert!(bans.contains(t), "{bans}");
+    }
+    assert_eq!(
+        connect_from(&server, "127.0.0.6").read_to_eof(),
+        ["! you are banned"]
+    );
+    // It lapses by itself.
+    let back = wait_for(TIMEOUT, || {
+        let mut c = connect_from(&server, "127.0.0.6");
+        c.read_line().filter(|l| l.contains("Welcome"))
+    });
+    assert!(back.is_some(), "the 2 s ban did not lapse");
+
+    // Kept across a restart.
+    server.signal(libc::SIGTERM);
+    server.wait_exit(TIMEOUT).unwrap();
+    let server = Server::start_text(&config, &[]);
+    let bans = ok(&server, &["--json", "bans"]);
+    let v: serde_json::Value = serde_json::from_str(&bans).unwrap();
+    let targets: Vec<&str> = v["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["127.0.0.2", "spam*"]);
+    assert_eq!(
+        connect_from(&server, "127.0.0.2").read_to_eof(),
+        ["! you are banned: spam wave"]
+    );
+    ok(&server, &["unban", "127.0.0.2"]);
+    let mut c = connect_from(&server, "127.0.0.2");
+    assert!(c.greeting().starts_with("guest-"));
+    let (code, out, _) = server.chatctl(&["unban", "127.0.0.2"]);
+    assert_eq!((code, out.trim()), (1, "error: no ban on 127.0.0.2"));
+    let (code, out, _) = server.chatctl(&["ban", "*"]);
+    assert_eq!(code, 1, "{out}");
+}

@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "tls_handshake_timeout",
     "control_socket",
     "control_group",
+    "state_dir",
     "user",
     "empty_dir",
 ];

@@ -5,7 +5,7 @@
 //! the host; tests/all.sh does exactly that with the freshly built .deb
 //! (`CHATD_E2E_DEB`). The container shares the host's network, so clients
 //! connect to 127.0.0.1:PORT from here, and every command inside goes
-//! through `deploy/container.sh exec` (nsenter). One test, thirteen steps,
+//! through `deploy/container.sh exec` (nsenter). One test, fourteen steps,
 //! since each step starts from the state the last left.
 mod common;
 
@@ -620,8 +620,34 @@ fn debian_package_on_real_systemd() {
     assert_eq!(ct.prop("chatd.service", "ActiveState"), "inactive");
     assert_eq!(ct.prop("chatd.service", "Result"), "success");
 
+    step(11, "chatctl ban: the address is refused at connect, after a restart too; the ban is kept in /var/lib/chatd");
+    let mut victim = Client::connect(addr);
+    victim.greeting();
+    let out = ct.sh("chatctl ban 127.0.0.1 --for 10m e2e ban");
+    assert!(out.contains("1 connected client(s) removed"), "{out}");
+    assert!(victim
+        .read_to_eof()
+        .iter()
+        .any(|l| l.contains("banned by an operator: e2e ban")));
+    assert_eq!(
+        Client::connect(addr).read_to_eof(),
+        ["! you are banned: e2e ban"]
+    );
+    ct.sh("systemctl restart chatd.service");
+    assert_eq!(
+        Client::connect(addr).read_to_eof(),
+        ["! you are banned: e2e ban"]
+    );
+    assert!(ct.sh("cat /var/lib/chatd/bans").starts_with("127.0.0.1\t"));
+    assert_eq!(ct.sh("stat -c '%U %a' /var/lib/chatd"), "chatd 700");
+    ct.sh("chatctl unban 127.0.0.1");
+    let mut back = Client::connect(addr);
+    back.greeting();
+    drop(back);
+    ct.sh("systemctl stop chatd.service");
+
     step(
-        11,
+        12,
         "TLS: the key as a credential (root-only file); chatd-tls.socket starts chatd; a TLS client chats; reload with a renewed certificate",
     );
     let pki = common::tls::Pki::new();
@@ -699,7 +725,7 @@ fn debian_package_on_real_systemd() {
            /etc/systemd/system/chatd-tls.socket.d && \
          sed -i '/^tls_cert/d' /etc/chatd/chatd.toml && systemctl daemon-reload");
 
-    step(12, "systemd-analyze security chatd.service");
+    step(13, "systemd-analyze security chatd.service");
     let (_, sec) = ct.try_sh("systemd-analyze security chatd.service --no-pager");
     let overall = sec
         .lines()
@@ -715,7 +741,7 @@ fn debian_package_on_real_systemd() {
         .unwrap();
     assert!(level <= 0.9, "exposure {level} above the 0.9 target");
 
-    step(13, "apt-get remove, then purge");
+    step(14, "apt-get remove, then purge");
     ct.sh("apt-get remove -y -q chatd >/dev/null 2>&1");
     assert!(ct.chatd_pids().is_empty());
     for unit in ["chatd.socket", "chatd.service"] {
@@ -744,5 +770,5 @@ fn debian_package_on_real_systemd() {
     assert!(!ct.try_sh("dpkg -s chatd").0, "package still known to dpkg");
     let (_, units) = ct.try_sh("systemctl list-unit-files 'chatd*' --no-legend");
     assert_eq!(units.trim(), "", "unit files left after purge");
-    eprintln!("e2e: all 13 steps passed");
+    eprintln!("e2e: all 14 steps passed");
 }

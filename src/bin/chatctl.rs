@@ -42,6 +42,10 @@ const COMMANDS: &str = "Commands:
   status                          uptime, clients, counters
   who                             every connected client
   kick NICK [REASON]              disconnect a client, telling it and the room
+  ban TARGET [--for DURATION] [REASON]
+                                  refuse an address, a CIDR range or a nick mask
+  unban TARGET
+  bans                            the bans in force
   mute NICK [--for DURATION]      its lines are not relayed (90s, 10m, 2h, 7d)
   unmute NICK
   say TEXT                        a server notice to everyone

@@ -341,6 +341,26 @@ impl Master {
             Command::Unmute { nick } => self.ctl_mute(&nick, None, admin),
             Command::Say { text } => self.ctl_say(&text, admin),
             Command::Topic { text } => self.ctl_topic(&text, admin),
+            Command::Ban {
+                target,
+                time,
+                reason,
+            } => self.ctl_ban(&target, time, &reason, admin),
+            Command::Unban { target } => {
+                let now = unix_now();
+                match self.bans.remove(&target, now) {
+                    Ok(true) => {
+                        info!(event = "unban", target = %target, admin_uid = admin.uid, admin_pid = admin.pid, "ban on {target} lifted by uid {}", admin.uid);
+                        ok(
+                            format!("unbanned {target}\n"),
+                            json!({ "unbanned": target }),
+                        )
+                    }
+                    Ok(false) => err(format!("no ban on {target}")),
+                    Err(e) => err(e),
+                }
+            }
+            Command::Bans => self.ctl_bans(),
             Command::Reload => match self.reload_config() {
                 Ok(()) => ok("configuration reloaded\n", json!({ "reloaded": true })),
                 Err(e) => err(format!(
@@ -467,20 +487,30 @@ impl Master {
             Ok(r) => r.to_string(),
             Err(_) => return err("the reason holds characters that cannot be sent"),
         };
-        let c = self.clients.get_mut(slot).unwrap();
+        let c = self.clients.get(slot).unwrap();
         let (nick, serial, peer) = (c.nick.clone(), c.serial, c.peer);
-        c.kill_at = Some(Instant::now() + super::CLOSE_GRACE);
         let told = match reason.is_empty() {
             true => "kicked by an operator".to_string(),
             false => format!("kicked by an operator: {reason}"),
         };
-        let close = Event::new(Kind::Closing, "", &told).with_flags(event::CLOSING_ERROR);
-        self.send_ctl(slot, crate::ipc::CLOSE, &close.encode());
-        let kick = Event::new(Kind::Kick, &nick, &reason).encode();
-        self.leave_with(slot, &told, Some(kick));
-        self.stats.kicked += 1;
+        self.ctl_remove(slot, &told, &reason);
         warn!(event = "kick", client = serial, peer = %peer, nick = %nick, reason = %told, admin_uid = admin.uid, admin_pid = admin.pid, "{nick} kicked by uid {}: {told}", admin.uid);
         ok(format!("kicked {nick}\n"), json!({ "kicked": nick }))
+    }
+
+    /// Disconnects a client for an operator: it reads `told`, the room
+    /// sees a kick with `reason`.
+    fn ctl_remove(&mut self, slot: usize, told: &str, reason: &str) {
+        let Some(c) = self.clients.get_mut(slot) else {
+            return;
+        };
+        c.kill_at = Some(Instant::now() + super::CLOSE_GRACE);
+        let nick = c.nick.clone();
+        let close = Event::new(Kind::Closing, "", told).with_flags(event::CLOSING_ERROR);
+        self.send_ctl(slot, crate::ipc::CLOSE, &close.encode());
+        let kick = Event::new(Kind::Kick, &nick, reason).encode();
+        self.leave_with(slot, told, Some(kick));
+        self.stats.kicked += 1;
     }
 
     /// Mutes (`time`: Some(for how long, or None: until unmuted)) or
@@ -519,6 +549,82 @@ impl Master {
             .emit(0, Event::new(Kind::Notice, "", &room).encode());
         info!(event = done, client = serial, nick = %nick, admin_uid = admin.uid, admin_pid = admin.pid, "{room} (uid {})", admin.uid);
         ok(format!("{done} {nick}\n"), json!({ done: nick }))
+    }
+
+    fn ctl_ban(
+        &mut self,
+        target: &str,
+        time: Option<Duration>,
+        reason: &str,
+        admin: Peer,
+    ) -> Reply {
+        let (parsed, text) = match super::bans::parse_target(target) {
+            Ok(t) => t,
+            Err(e) => return err(e),
+        };
+        let Ok(reason) = sanitize::check(reason.as_bytes()) else {
+            return err("the reason holds characters that cannot be sent");
+        };
+        let now = unix_now();
+        let ban = super::bans::Ban {
+            target: parsed,
+            text: text.clone(),
+            until: time.map_or(0, |d| now + d.as_secs()),
+            set: now,
+            reason: reason.to_string(),
+        };
+        if let Err(e) = self.bans.add(ban.clone(), now) {
+            return err(e);
+        }
+        // Who matches now goes.
+        let told = match reason.is_empty() {
+            true => "banned by an operator".to_string(),
+            false => format!("banned by an operator: {reason}"),
+        };
+        let hit: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|c| c.leaving.is_none())
+            .filter(|c| ban.target.matches_addr(c.peer.ip()) || ban.target.matches_nick(&c.nick))
+            .map(|c| c.slot)
+            .collect();
+        for &slot in &hit {
+            self.ctl_remove(slot, &told, reason);
+        }
+        let how = time.map_or(String::new(), |d| format!(" for {}", human(d.as_secs())));
+        warn!(event = "ban", target = %text, until = ban.until, reason = %reason, kicked = hit.len(), admin_uid = admin.uid, admin_pid = admin.pid, "{text} banned{how} by uid {}: {reason}", admin.uid);
+        let kept = if self.bans.kept() {
+            ""
+        } else {
+            " (not kept: no state_dir)"
+        };
+        ok(
+            format!(
+                "banned {text}{how}; {} connected client(s) removed{kept}\n",
+                hit.len()
+            ),
+            json!({ "banned": text, "until": ban.until, "kicked": hit.len(), "kept": self.bans.kept() }),
+        )
+    }
+
+    fn ctl_bans(&self) -> Reply {
+        let now = unix_now();
+        let mut text = String::new();
+        let mut rows = Vec::new();
+        for b in self.bans.active(now) {
+            let left = match b.until {
+                0 => "for good".to_string(),
+                t => format!("{} left", human(t - now)),
+            };
+            text.push_str(&format!("{:<40} {:<16} {}\n", b.text, left, b.reason));
+            rows.push(
+                json!({ "target": b.text, "until": b.until, "set": b.set, "reason": b.reason }),
+            );
+        }
+        if rows.is_empty() {
+            text.push_str("no bans\n");
+        }
+        ok(text, json!({ "bans": rows }))
     }
 
     fn ctl_say(&mut self, text: &str, admin: Peer) -> Reply {
@@ -630,7 +736,7 @@ impl Master {
     }
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

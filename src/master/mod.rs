@@ -9,6 +9,7 @@
 //! in [`notify`]. [`Master::new`] ends with the master's confinement
 //! ([`confine`]), so no loop ever runs unconfined.
 
+pub mod bans;
 pub mod clients;
 pub mod confine;
 pub mod control;
@@ -106,6 +107,8 @@ pub struct Master {
     started: Instant,
     /// The topic the configuration file gave at the last (re)load.
     file_topic: String,
+    /// Who may not connect (see [`bans`]).
+    bans: bans::Bans,
 }
 
 impl Master {
@@ -133,6 +136,7 @@ impl Master {
             .iter()
             .position(|(n, _)| n == "control")
             .map(|i| kept.remove(i).1);
+        let bans = open_bans(&cfg, &plan);
         let control = control::Control::open(control_fd, &cfg.control_socket, &cfg.control_group)
             .unwrap_or_else(|e| {
                 warn!(event = "control_unavailable", error = %format!("{e:#}"), "no control socket (chatctl): {e:#}");
@@ -253,6 +257,7 @@ impl Master {
             control,
             started: Instant::now(),
             file_topic: String::new(),
+            bans,
         };
         m.file_topic = m.cfg.topic.clone();
         m.set_timer(false)?;
@@ -806,6 +811,27 @@ fn handover_state(
     };
     let taken = (!kept.clients.is_empty() || snap.is_some()).then_some((kept.clients, snap));
     Ok((region, Some(handover::Keep { state: st }), taken))
+}
+
+/// The bans kept in `state_dir`; none kept (with a warning) if it cannot
+/// be used. Run before confinement.
+fn open_bans(cfg: &Config, plan: &confine::Plan) -> bans::Bans {
+    if cfg.state_dir.as_os_str().is_empty() {
+        return bans::Bans::default();
+    }
+    let owner = plan.user.as_ref().map(|u| (u.uid.as_raw(), u.gid.as_raw()));
+    match bans::Bans::open(&cfg.state_dir, owner) {
+        Ok((b, errors)) => {
+            for e in errors {
+                warn!(event = "bans_file", error = %e, "{}: {e}; skipped", cfg.state_dir.join(bans::FILE).display());
+            }
+            b
+        }
+        Err(e) => {
+            warn!(event = "state_unavailable", error = %e, "cannot use state_dir {}: {e}; bans last until chatd stops", cfg.state_dir.display());
+            bans::Bans::default()
+        }
+    }
 }
 
 /// Logs the certificate in use, and warns when it expires soon.

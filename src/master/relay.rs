@@ -373,6 +373,16 @@ impl Master {
         match req {
             Request::Ask(Ask::Chat(text)) => self.relay_line(slot, false, &text),
             Request::Ask(Ask::Action(text)) => self.relay_line(slot, true, &text),
+            Request::Ask(Ask::Nick(new))
+                if self
+                    .bans
+                    .banning_nick(&new, super::control::unix_now())
+                    .is_some() =>
+            {
+                let ev =
+                    Event::new(Kind::NickError, &new, "is banned").with_flags(event::NICK_IN_USE);
+                self.send_event(slot, ev);
+            }
             Request::Ask(Ask::Nick(new)) => match self.clients.rename(slot, &new) {
                 Ok(old) if old == new => {}
                 Ok(old) => {

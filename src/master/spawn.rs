@@ -108,6 +108,14 @@ impl Master {
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, proto: Service) {
         const FULL: (&str, &str) = ("server full", "server full, try again later");
+        let now = super::control::unix_now();
+        if let Some(b) = self.bans.banning_addr(peer.ip(), now) {
+            let why = match b.reason.is_empty() {
+                true => "you are banned".to_string(),
+                false => format!("you are banned: {}", b.reason),
+            };
+            return self.refuse(stream, peer, proto, "banned", &why);
+        }
         if self.clients.len() >= self.cfg.max_clients as usize {
             return self.refuse(stream, peer, proto, FULL.0, FULL.1);
         }

@@ -257,8 +257,11 @@ pub fn master() -> Allowlist {
         .allow("getpid", libc::SYS_getpid)
         .allow("gettid", libc::SYS_gettid)
         .allow("getppid", libc::SYS_getppid)
-        // Reading the config file on reload (through the pinned directory).
+        // Reading the config file on reload (through the pinned directory);
+        // writing the bans file (through the state directory's fd).
         .allow("openat", libc::SYS_openat)
+        .allow("fsync", libc::SYS_fsync)
+        .allow("renameat2", libc::SYS_renameat2)
         .allow("fstat", libc::SYS_fstat)
         .allow("newfstatat", libc::SYS_newfstatat)
         .allow("statx", libc::SYS_statx)
@@ -296,7 +299,9 @@ pub fn master() -> Allowlist {
         .allow("landlock_restrict_self", libc::SYS_landlock_restrict_self)
         .allow("seccomp", libc::SYS_seccomp);
     #[cfg(target_arch = "x86_64")]
-    a.allow("dup2", libc::SYS_dup2);
+    a.allow("dup2", libc::SYS_dup2)
+        // glibc's renameat, for the bans file.
+        .allow("renameat", libc::SYS_renameat);
     a
 }
 
@@ -331,7 +336,7 @@ mod tests {
         assert_eq!(child().names().join(" "), documented);
         assert_eq!(
             master().len(),
-            65,
+            68,
             "master allowlist: {:?}",
             master().names()
         );

@@ -26,6 +26,16 @@ fn line(json: bool, c: &Command) -> String {
         Command::Unmute { nick } => format!("unmute {nick}"),
         Command::Say { text } => format!("say {text}"),
         Command::Topic { text } => format!("topic {text}"),
+        Command::Bans => "bans".to_string(),
+        Command::Unban { target } => format!("unban {target}"),
+        Command::Ban {
+            target,
+            time,
+            reason,
+        } => match time {
+            Some(t) => format!("ban {target} --for {} {reason}", t.as_secs()),
+            None => format!("ban {target} {reason}"),
+        },
     };
     format!("{j}{body}")
 }
@@ -46,7 +56,8 @@ fuzz_target!(|data: &[u8]| {
             }
             vec![nick]
         }
-        Command::Unmute { nick } => vec![nick],
+        Command::Unmute { nick } | Command::Unban { target: nick } => vec![nick],
+        Command::Ban { target, reason, .. } => vec![target, reason],
         Command::Say { text } | Command::Topic { text } => {
             assert!(!text.is_empty());
             vec![text]
@@ -56,8 +67,11 @@ fuzz_target!(|data: &[u8]| {
     for f in &fields {
         assert!(!f.chars().any(|c| c.is_control() && c != '\t'), "{f:?}");
     }
-    if let Command::Kick { nick, .. } | Command::Mute { nick, .. } | Command::Unmute { nick } =
-        &req.command
+    if let Command::Kick { nick, .. }
+    | Command::Mute { nick, .. }
+    | Command::Unmute { nick }
+    | Command::Ban { target: nick, .. }
+    | Command::Unban { target: nick } = &req.command
     {
         assert!(!nick.is_empty() && !nick.contains([' ', '\t']), "{nick:?}");
     }
