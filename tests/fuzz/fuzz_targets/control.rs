@@ -4,7 +4,7 @@
 //! Checked: no panic; a parsed request carries no control character in
 //! any field, nicks are one word, texts are non-empty where required, mute
 //! durations are within a year; and the parse is stable: rendering the
-//! request back as a line parses to the same request.
+//! request back as a line (if that fits) parses to the same request.
 #![no_main]
 
 use chatd::control::{parse, Command, MAX_REQUEST};
@@ -75,6 +75,10 @@ fuzz_target!(|data: &[u8]| {
     {
         assert!(!nick.is_empty() && !nick.contains([' ', '\t']), "{nick:?}");
     }
-    let again = parse(&line(req.json, &req.command)).expect("a rendered request parses");
-    assert_eq!(again, req);
+    // (A duration renders in seconds, which may make the line longer.)
+    let rendered = line(req.json, &req.command);
+    if rendered.len() <= MAX_REQUEST {
+        let again = parse(&rendered).expect("a rendered request parses");
+        assert_eq!(again, req);
+    }
 });
