@@ -257,14 +257,17 @@ impl Bans {
         self.active(now).find(|b| b.target.matches_nick(nick))
     }
 
-    /// Adds (or replaces) a ban and writes the file.
+    /// Adds (or replaces) a ban and writes the file; if the file cannot
+    /// be written, the ban is not added either.
     pub fn add(&mut self, ban: Ban, now: u64) -> Result<(), String> {
+        let before = self.list.clone();
         self.list.retain(|b| b.text != ban.text && b.active(now));
         if self.list.len() >= MAX_BANS {
+            self.list = before;
             return Err(format!("already {MAX_BANS} bans"));
         }
         self.list.push(ban);
-        self.save()
+        self.save().inspect_err(|_| self.list = before)
     }
 
     /// Lifts the ban on `text` (as `bans` lists it); false if none.
