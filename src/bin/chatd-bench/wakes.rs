@@ -44,8 +44,6 @@ struct Board {
     ready: AtomicU64,
     /// Wake-ups so far, over all sleepers: `n` per round.
     woken: AtomicU64,
-    /// When the last sleeper of the latest round ran (CLOCK_MONOTONIC, ns).
-    last_ns: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -125,8 +123,12 @@ fn measure_with(
             bail!("wakes: round {r}: only {woke} of {n} sleepers ran within {limit:?}");
         }
         let us = |t: u64| (t.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32;
-        rounds_us.push(us(b.last_ns.load(Acquire)));
-        wakes_us.extend(board.stamps().iter().map(|t| us(t.load(Acquire))));
+        // The round ends with its latest wake-up: the largest stamp (the
+        // sleeper that counted itself last may have read the clock before
+        // another one, if it was preempted in between).
+        let round: Vec<u32> = board.stamps().iter().map(|t| us(t.load(Acquire))).collect();
+        rounds_us.push(round.iter().copied().max().unwrap_or(0));
+        wakes_us.extend(round);
     }
     drop(sleepers); // kills and reaps them, so their CPU time is counted
     let cpu = rusage_cpu(UsageWho::RUSAGE_CHILDREN) - cpu_before;
@@ -156,8 +158,8 @@ fn wait_done(done: &EventFd, limit: Duration) -> Result<bool> {
 /// One of `n` sleepers: counts itself ready (the last one tells the parent
 /// on `done`), then sleeps in `epoll_wait` on `wake` (edge-triggered, never
 /// read, as chatd's children do) and, each time it is woken, writes the
-/// time to `stamp` and counts the wake-up; the last of a round also stamps
-/// the round and tells the parent. Never returns.
+/// time to `stamp` and counts the wake-up; the last to count itself in a
+/// round tells the parent. Never returns.
 fn sleep_loop(wake: &EventFd, done: &EventFd, b: &Board, stamp: &AtomicU64, n: u64) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let Ok(ep) = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) else {
@@ -177,13 +179,9 @@ fn sleep_loop(wake: &EventFd, done: &EventFd, b: &Board, stamp: &AtomicU64, n: u
             Ok(_) => {}
             Err(_) => exit(1),
         }
-        let now = now_ns();
-        stamp.store(now, Release);
-        if (b.woken.fetch_add(1, AcqRel) + 1) % n == 0 {
-            b.last_ns.store(now, Release);
-            if done.write(1).is_err() {
-                exit(1);
-            }
+        stamp.store(now_ns(), Release);
+        if (b.woken.fetch_add(1, AcqRel) + 1) % n == 0 && done.write(1).is_err() {
+            exit(1);
         }
     }
 }
