@@ -68,6 +68,11 @@ fn kick_and_mute_show_in_both_protocols_and_the_log() {
     let mut bob = Irc::register(&server, "bob");
     let mut carol = line_client(&server, "carol");
     bob.expect("JOIN");
+    // An IRC client hears its own mute as a NOTICE to itself.
+    ok(&server, &["mute", "bob"]);
+    bob.expect("NOTICE bob :an operator muted you: your lines are not relayed");
+    ok(&server, &["unmute", "bob"]);
+    bob.expect("NOTICE bob :an operator unmuted you");
 
     ok(&server, &["mute", "carol", "--for", "10m"]);
     carol.expect("an operator muted you for 10m");

@@ -544,7 +544,8 @@ impl Master {
                 )
             }
         };
-        self.send_event(slot, Event::new(Kind::Notice, "", &told));
+        let personal = Event::new(Kind::Notice, "", &told).with_flags(event::NOTICE_PERSONAL);
+        self.send_event(slot, personal);
         self.relay
             .emit(0, Event::new(Kind::Notice, "", &room).encode());
         info!(event = done, client = serial, nick = %nick, admin_uid = admin.uid, admin_pid = admin.pid, "{room} (uid {})", admin.uid);

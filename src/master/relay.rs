@@ -344,7 +344,8 @@ impl Master {
         }
         if c.muted.is_some() {
             if c.muted_until(Instant::now()).is_some() {
-                let ev = Event::new(Kind::Notice, "", "you are muted: your line was not relayed");
+                let ev = Event::new(Kind::Notice, "", "you are muted: your line was not relayed")
+                    .with_flags(event::NOTICE_PERSONAL);
                 self.send_event(slot, ev);
                 return;
             }

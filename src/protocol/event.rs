@@ -80,6 +80,9 @@ pub const NICK_IN_USE: u8 = 1;
 pub const NICK_INVALID: u8 = 2;
 /// Flag of [`Kind::Closing`].
 pub const CLOSING_ERROR: u8 = 1;
+/// Flag of [`Kind::Notice`]: for this client alone (sent on its control
+/// socket), not the room's.
+pub const NOTICE_PERSONAL: u8 = 1;
 
 /// What a [`Kind::Names`] reply answers (its flags): the child that asked
 /// renders it accordingly.

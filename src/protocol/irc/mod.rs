@@ -350,7 +350,8 @@ impl Session for Irc {
             // Kept for a later JOIN's 332, even while parted.
             self.topic = t.to_string();
         }
-        if room && !self.joined {
+        let personal = ev.kind == Kind::Notice && ev.flags & event::NOTICE_PERSONAL != 0;
+        if room && !personal && !self.joined {
             return;
         }
         match ev.kind {
@@ -365,6 +366,7 @@ impl Session for Irc {
             }
             Kind::Quit => write_parts(out, &self.from(n), "QUIT", &[t]),
             Kind::Nick => write_parts(out, &self.from(n), "NICK", &[t]),
+            Kind::Notice if personal => self.notice(out, t),
             Kind::Notice => write(out, &self.server, "NOTICE", &[&self.channel, t]),
             Kind::Kick => {
                 let reason = if t.is_empty() {
