@@ -334,6 +334,15 @@ fn bans_refuse_at_connect_lapse_and_survive_a_restart() {
         connect_from(&server, "127.0.0.6").read_to_eof(),
         ["! you are banned"]
     );
+    let m = ok(&server, &["metrics"]);
+    for line in [
+        "chatd_bans 3",
+        "chatd_kicks_total{reason=\"ban\"} 1",
+        "chatd_kicks_total{reason=\"operator\"} 0",
+        "chatd_refusals_total{reason=\"banned\"} 2",
+    ] {
+        assert!(m.lines().any(|l| l == line), "no {line:?} in:\n{m}");
+    }
     // It lapses by itself.
     let back = wait_for(TIMEOUT, || {
         let mut c = connect_from(&server, "127.0.0.6");

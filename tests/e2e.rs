@@ -423,7 +423,10 @@ fn debian_package_on_real_systemd() {
         prom.contains("# TYPE chatd_lines_relayed_total counter"),
         "{prom}"
     );
-    assert!(prom.contains("chatd_kicks_total 1"), "{prom}");
+    assert!(
+        prom.contains("chatd_kicks_total{reason=\"operator\"} 1"),
+        "{prom}"
+    );
 
     step(
         3,

@@ -493,14 +493,14 @@ impl Master {
             true => "kicked by an operator".to_string(),
             false => format!("kicked by an operator: {reason}"),
         };
-        self.ctl_remove(slot, &told, &reason);
+        self.ctl_remove(slot, &told, &reason, super::KICK_OPERATOR);
         warn!(event = "kick", client = serial, peer = %peer, nick = %nick, reason = %told, admin_uid = admin.uid, admin_pid = admin.pid, "{nick} kicked by uid {}: {told}", admin.uid);
         ok(format!("kicked {nick}\n"), json!({ "kicked": nick }))
     }
 
     /// Disconnects a client for an operator: it reads `told`, the room
     /// sees a kick with `reason`.
-    fn ctl_remove(&mut self, slot: usize, told: &str, reason: &str) {
+    fn ctl_remove(&mut self, slot: usize, told: &str, reason: &str, why: usize) {
         let Some(c) = self.clients.get_mut(slot) else {
             return;
         };
@@ -511,6 +511,7 @@ impl Master {
         let kick = Event::new(Kind::Kick, &nick, reason).encode();
         self.leave_with(slot, told, Some(kick));
         self.stats.kicked += 1;
+        self.stats.kicks_by[why] += 1;
     }
 
     /// Mutes (`time`: Some(for how long, or None: until unmuted)) or
@@ -590,7 +591,7 @@ impl Master {
             .map(|c| c.slot)
             .collect();
         for &slot in &hit {
-            self.ctl_remove(slot, &told, reason);
+            self.ctl_remove(slot, &told, reason, super::KICK_BAN);
         }
         let how = time.map_or(String::new(), |d| format!(" for {}", human(d.as_secs())));
         warn!(event = "ban", target = %text, until = ban.until, reason = %reason, kicked = hit.len(), admin_uid = admin.uid, admin_pid = admin.pid, "{text} banned{how} by uid {}: {reason}", admin.uid);
@@ -695,18 +696,29 @@ impl Master {
             "Lines relayed to the room.",
             &one(self.stats.relayed),
         );
+        let by_reason = |names: &[&str], counts: &[u64]| -> Vec<(String, f64)> {
+            names
+                .iter()
+                .zip(counts)
+                .map(|(n, &c)| (format!("{{reason=\"{n}\"}}"), c as f64))
+                .collect()
+        };
+        let kicks = by_reason(&super::KICK_REASONS, &self.stats.kicks_by);
         metric(
             "kicks_total",
             "counter",
-            "Clients kicked (SendQ, operators).",
-            &one(self.stats.kicked),
+            "Clients kicked, by reason.",
+            &kicks,
         );
+        let refusals = by_reason(&super::REFUSAL_REASONS, &self.stats.refusals_by);
         metric(
             "refusals_total",
             "counter",
-            "Connections refused.",
-            &one(self.stats.refused),
+            "Connections refused, by reason.",
+            &refusals,
         );
+        let bans = self.bans.active(unix_now()).count() as u64;
+        metric("bans", "gauge", "Bans in force.", &one(bans));
         metric(
             "wakeups_total",
             "counter",

@@ -58,6 +58,34 @@ pub struct Stats {
     pub relayed: u64,
     pub kicked: u64,
     pub refused: u64,
+    /// Kicks by reason, named by [`KICK_REASONS`].
+    pub kicks_by: [u64; 3],
+    /// Refusals by reason, named by [`REFUSAL_REASONS`].
+    pub refusals_by: [u64; 7],
+}
+
+/// Why clients were kicked (metrics labels): a full send queue, an
+/// operator's kick, a ban.
+pub const KICK_REASONS: [&str; 3] = ["sendq", "operator", "ban"];
+pub const KICK_SENDQ: usize = 0;
+pub const KICK_OPERATOR: usize = 1;
+pub const KICK_BAN: usize = 2;
+/// Why connections were refused (metrics labels).
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "full", "per_ip", "banned", "fds", "fork", "restart", "other",
+];
+
+/// The label of a refusal's logged reason.
+pub fn refusal_label(reason: &str) -> usize {
+    match reason {
+        "server full" => 0,
+        "too many connections from address" => 1,
+        "banned" => 2,
+        "out of file descriptors" => 3,
+        "cannot start a child" => 4,
+        r if r.starts_with("restarted") => 5,
+        _ => 6,
+    }
 }
 
 pub struct Master {

@@ -447,6 +447,7 @@ impl Master {
             Request::Quit(reason) => {
                 if reason == "SendQ exceeded" {
                     self.stats.kicked += 1;
+                    self.stats.kicks_by[super::KICK_SENDQ] += 1;
                     let c = self.clients.get(slot).unwrap();
                     warn!(event = "kick", client = serial, peer = %c.peer, nick = %nick_now, reason = %reason, "{nick_now} kicked: {reason}");
                 }
@@ -572,6 +573,7 @@ impl Master {
             c.kill_at = Some(now + super::CLOSE_GRACE);
             let (serial, peer, nick) = (c.serial, c.peer, c.nick.clone());
             self.stats.kicked += 1;
+            self.stats.kicks_by[super::KICK_SENDQ] += 1;
             warn!(event = "kick", client = serial, peer = %peer, nick = %nick, reason = "SendQ exceeded", "{nick} kicked: stalled for {:.1}s", self.cfg.stall_timeout);
             let why = Event::new(
                 Kind::Closing,

@@ -153,6 +153,7 @@ impl Master {
         why: &str,
     ) {
         self.stats.refused += 1;
+        self.stats.refusals_by[super::refusal_label(reason)] += 1;
         warn!(event = "refused", peer = %peer, reason, "refused {peer}: {reason}");
         let _ = stream.set_nonblocking(true);
         // A TLS client is closed without a word: the master speaks no TLS.
