@@ -265,27 +265,8 @@ fn a_uid_that_is_not_an_admin_is_refused() {
     ok(&server, &["status"]);
 }
 
-/// A line client connecting from `from` (another loopback address).
 fn connect_from(server: &Server, from: &str) -> Client {
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Stream,
-        nix::sys::socket::SockFlag::empty(),
-        None,
-    )
-    .unwrap();
-    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
-    nix::sys::socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &nix::sys::socket::SockaddrStorage::from(local),
-    )
-    .unwrap();
-    nix::sys::socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &nix::sys::socket::SockaddrStorage::from(server.addr),
-    )
-    .unwrap();
-    Client::from_stream(std::net::TcpStream::from(sock))
+    Client::connect_from(server.addr, from)
 }
 
 #[test]

@@ -176,25 +176,7 @@ fn max_clients_and_max_per_ip_refuse_with_a_line() {
         vec!["! too many connections from your address".to_string()]
     );
     // Another loopback address is another source.
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Stream,
-        nix::sys::socket::SockFlag::empty(),
-        None,
-    )
-    .unwrap();
-    let src: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
-    nix::sys::socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &nix::sys::socket::SockaddrStorage::from(src),
-    )
-    .unwrap();
-    nix::sys::socket::connect(
-        std::os::fd::AsRawFd::as_raw_fd(&sock),
-        &nix::sys::socket::SockaddrStorage::from(server.addr),
-    )
-    .unwrap();
-    let mut d = Client::from_stream(std::net::TcpStream::from(sock));
+    let mut d = Client::connect_from(server.addr, "127.0.0.2");
     d.greeting();
 }
 

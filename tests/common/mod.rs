@@ -354,6 +354,26 @@ impl Client {
         Client { stream, reader }
     }
 
+    /// Connects to `addr` from the local IPv4 address `from` (another
+    /// loopback address is another source: 127.0.0.2, ...).
+    pub fn connect_from(addr: SocketAddr, from: &str) -> Client {
+        use nix::sys::socket::{
+            bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage,
+        };
+        use std::os::fd::AsRawFd;
+        let sock = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        let local: SocketAddr = format!("{from}:0").parse().unwrap();
+        bind(sock.as_raw_fd(), &SockaddrStorage::from(local)).unwrap();
+        connect(sock.as_raw_fd(), &SockaddrStorage::from(addr)).unwrap();
+        Client::from_stream(TcpStream::from(sock))
+    }
+
     pub fn from_stream(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let reader = BufReader::new(stream.try_clone().unwrap());
