@@ -23,8 +23,6 @@ pub struct FdStore {
     pub listener: TcpListener,
     pub irc_listener: TcpListener,
     pub stored: Stored,
-    /// Every datagram received, in order.
-    pub messages: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     config: String,
 }
@@ -37,9 +35,8 @@ impl FdStore {
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         let stored: Stored = Arc::default();
-        let messages: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, ms, sp) = (stored.clone(), messages.clone(), stop.clone());
+        let (st, sp) = (stored.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
             let mut cmsg = nix::cmsg_space!([RawFd; 16]);
@@ -73,8 +70,6 @@ impl FdStore {
                 } else if text.lines().any(|l| l == "FDSTOREREMOVE=1") {
                     s.retain(|(n, _)| n != &name);
                 }
-                drop(s);
-                ms.lock().unwrap().push(text);
             }
         });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -85,7 +80,6 @@ impl FdStore {
             sock_path,
             listener,
             stored,
-            messages,
             stop,
             config: config.to_string(),
         }
