@@ -84,6 +84,9 @@ pub struct Config {
     /// Seconds a line may take to arrive, from its first byte to its end of
     /// line; a slower client is disconnected ("line timeout"). 0 disables.
     pub line_timeout: f64,
+    /// Lines of the room's recent conversation a newcomer is shown, marked
+    /// with the time they were said (0..=100; 0: none).
+    pub history_lines: u32,
     /// Name shown in the greeting.
     pub server_name: String,
     /// Message of the day, shown after the greeting (may span lines).
@@ -131,6 +134,7 @@ impl Default for Config {
             flood_rate: 5.0,
             shutdown_timeout: 5.0,
             max_sendq: 256 * 1024,
+            history_lines: 20,
             stall_timeout: 2.0,
             keepalive: 60,
             line_timeout: 60.0,
@@ -287,6 +291,12 @@ impl Config {
             return Err((
                 "max_line",
                 format!("must be between 16 and {MAX_LINE_LIMIT}"),
+            ));
+        }
+        if self.history_lines as usize > crate::shm::HISTORY_MAX {
+            return Err((
+                "history_lines",
+                format!("must be between 0 and {}", crate::shm::HISTORY_MAX),
             ));
         }
         if self.flood_burst < 1 {

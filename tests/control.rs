@@ -201,6 +201,18 @@ fn metrics_follow_the_room() {
         1.0
     );
     assert_eq!(value(&after, "chatd_processes"), 3.0);
+    // bob's child wrote the five lines (and more) to bob.
+    let out = "chatd_bytes_out_total";
+    assert!(value(&after, out) - value(&before, out) >= 5.0 * "line 4".len() as f64);
+    // Both children reported their set-up time once.
+    let setup = "chatd_child_setup_seconds";
+    assert_eq!(value(&after, &format!("{setup}_count")), 2.0);
+    assert_eq!(
+        value(&after, &format!("{setup}_bucket{{le=\"+Inf\"}}")),
+        2.0
+    );
+    let sum = value(&after, &format!("{setup}_sum"));
+    assert!(sum > 0.0 && sum < 10.0, "{sum}");
     assert!(value(&after, "chatd_wakeups_total") > value(&before, "chatd_wakeups_total"));
     // A Prometheus parser reads it (python3-prometheus-client, installed
     // by tests/all.sh).

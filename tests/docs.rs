@@ -15,6 +15,7 @@ const KEYS: &[&str] = &[
     "keepalive",
     "line_timeout",
     "shutdown_timeout",
+    "history_lines",
     "server_name",
     "motd",
     "irc_channel",

@@ -107,6 +107,27 @@ fn crash_and_handover_keep_every_client_and_line() {
     bob.send("NICK robert");
     alice.expect("* bob is now robert");
     wait_stored(&store, 3);
+    // History survives with the log: a newcomer reads the lines said
+    // before both restarts (and the resumed clients were not shown any).
+    let (mut dave, _) = server3.join();
+    alice.send("after\n");
+    let seen = dave.lines_until("<alice> after");
+    let said: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.strip_prefix('[')?.split_once("] ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "<alice> one",
+            "<alice> said while no master ran",
+            "<bob> bob after the crash",
+            "<carol> during the handover"
+        ],
+        "{seen:?}"
+    );
+    drop(dave);
+    wait_stored(&store, 3);
 
     // A stop ends every connection with the shutdown line and removes
     // every client from the store.

@@ -30,7 +30,7 @@ use crate::protocol::lines::{Input, LineReader};
 use crate::protocol::{Ask, Leave, Proto, Session};
 use crate::shm::log::{LogError, LogReader};
 use crate::shm::ring::{entry_size, Kind, RingWriter};
-use crate::shm::Region;
+use crate::shm::{Region, HISTORY_MAX};
 use crate::tls::remote::{self, Mailbox};
 use conn::Conn;
 use flood::TokenBucket;
@@ -71,6 +71,15 @@ pub struct Spec {
     /// This child takes over from a previous master's child: its ring may
     /// hold that child's unread input (`Carry`), which comes first.
     pub resumed: bool,
+    /// A newcomer's history: the log positions of the room's recent lines
+    /// (the first `history_len`; the child's cursor starts at the first),
+    /// and where its live part begins.
+    pub history: [u64; HISTORY_MAX],
+    pub history_len: usize,
+    pub live_from: u64,
+    /// When the master began to start this child (its set-up time, for
+    /// the metrics, runs from here to the first turn of the loop).
+    pub started: Instant,
 }
 
 /// Bytes read from the client at a time, besides room for one whole line.
@@ -84,6 +93,9 @@ const QUIT_RESERVE: u64 = 16 + MAX_REASON as u64;
 /// A ring entry's payload beyond the line itself (a private message's
 /// flags and target).
 const ASK_OVERHEAD: usize = 2 + crate::config::MAX_NICK;
+/// What a history line may take beyond its event's bytes once rendered
+/// (time tag or mark, sender's prefix, command, channel).
+const HISTORY_LINE_OVERHEAD: usize = 160;
 /// How long the child keeps trying to deliver its last lines.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Minimum time between two flood-control notices.
@@ -213,7 +225,14 @@ pub fn run(
             if let Some(n) = note {
                 child.sendq.extend_from_slice(n.as_bytes());
             }
-            child.run()
+            match child.replay_history() {
+                Ok(()) => {
+                    let took = child.spec.started.elapsed().as_nanos() as u64;
+                    child.mine().ready_ns.store(took.max(1), Relaxed);
+                    child.run()
+                }
+                Err(e) => e,
+            }
         }
     };
     match exit {
@@ -247,6 +266,53 @@ impl Child {
         self.conn.start_tls(cfg).map_err(|_| fail())?;
         self.mailbox = Some(mailbox);
         self.handshake_by = Some(Instant::now() + self.spec.handshake_timeout);
+        Ok(())
+    }
+
+    /// This child's slot header (shared memory it alone writes).
+    fn mine(&self) -> &'static crate::shm::SlotHeader {
+        self.region.slot_header(self.spec.slot)
+    }
+
+    /// Renders the room's recent lines (see `Spec::history`) after the
+    /// greeting, before anything live. The newest lines that fit in half
+    /// of `max_sendq` are kept, so that history never costs a newcomer its
+    /// connection.
+    fn replay_history(&mut self) -> Result<(), Exit> {
+        let n = self.spec.history_len.min(HISTORY_MAX);
+        if n == 0 {
+            return Ok(());
+        }
+        let mut lines: Vec<(u64, Vec<u8>)> = Vec::new();
+        let collect = |p: &[u8], time: u64, _: &mut Vec<u8>| lines.push((time, p.to_vec()));
+        let positions = &self.spec.history[..n];
+        let end = self.spec.live_from;
+        match self
+            .log
+            .replay(positions, end, &mut Vec::new(), &mut self.scratch, collect)
+        {
+            Ok(_) => {}
+            Err(LogError::Evicted) => return Err(Exit::SendQ),
+            Err(LogError::Corrupt(_)) => return Err(Exit::Fatal("internal error")),
+        }
+        let mut budget = self.spec.max_sendq / 2;
+        let mut first = lines.len();
+        while first > 0 {
+            let cost = lines[first - 1].1.len() + HISTORY_LINE_OVERHEAD;
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            first -= 1;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for (time, payload) in &lines[first..] {
+            if let Some(ev) = Event::decode(payload) {
+                self.session.on_history(&ev, *time, now, &mut self.sendq);
+            }
+        }
         Ok(())
     }
 
@@ -548,7 +614,12 @@ impl Child {
             return Ok(());
         };
         match wrote {
-            Ok(n) => self.sent += n,
+            Ok(n) => {
+                self.sent += n;
+                // Its own counter, written by this process alone.
+                let sent = &self.mine().sent;
+                sent.store(sent.load(Relaxed) + n as u64, Relaxed);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(io_exit(&e)),

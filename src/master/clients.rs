@@ -62,6 +62,8 @@ pub struct Client {
     pub relayed_at_join: u64,
     /// Muted by an operator: until then (None: until unmuted).
     pub muted: Option<Option<Instant>>,
+    /// Its child's set-up time is in the metrics.
+    pub setup_seen: bool,
     live_idx: usize,
 }
 
@@ -315,6 +317,7 @@ pub fn new_client(
         private_in: 0,
         relayed_at_join: 0,
         muted: None,
+        setup_seen: false,
         since_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),

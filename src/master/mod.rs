@@ -15,6 +15,7 @@ pub mod confine;
 pub mod control;
 pub mod handover;
 pub mod listen;
+pub mod metrics;
 pub mod notify;
 pub mod relay;
 pub mod request;
@@ -62,6 +63,10 @@ pub struct Stats {
     pub kicks_by: [u64; 3],
     /// Refusals by reason, named by [`REFUSAL_REASONS`].
     pub refusals_by: [u64; 7],
+    /// Bytes written to clients whose slots are freed.
+    pub bytes_out_gone: u64,
+    /// Children's set-up times.
+    pub setup: metrics::Histogram,
 }
 
 /// Why clients were kicked (metrics labels): a full send queue, an
@@ -749,6 +754,7 @@ impl Master {
             }
         }
         for slot in slots {
+            self.account_child(slot, true);
             if let Some(c) = self.clients.remove(slot) {
                 self.forget_client(slot, c.id, c.tls);
             }

@@ -37,9 +37,9 @@ use crate::protocol::event::{self, Event, Kind, List};
 use crate::protocol::Ask;
 use crate::shm::log::LogWriter;
 use crate::shm::ring::{Corrupt, RingReader};
-use crate::shm::{Region, LOG_BYTES};
+use crate::shm::{History, Region, HISTORY_MAX, LOG_BYTES};
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
@@ -61,8 +61,10 @@ pub const WAKE_RECHECK: Duration = Duration::from_micros(100);
 
 pub struct Relay {
     log: LogWriter,
-    /// Log entries waiting for room, in order.
-    pending: VecDeque<(u64, Vec<u8>)>,
+    /// Log entries waiting for room, in order: (origin, time, payload).
+    pending: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Where the room's recent lines are (in the region's header).
+    history: &'static History,
     /// Slots whose rings may hold unread entries, in notification order.
     ready: VecDeque<usize>,
     blocked_since: Option<Instant>,
@@ -94,6 +96,7 @@ impl Relay {
         Relay {
             log: LogWriter::new(region),
             pending: VecDeque::new(),
+            history: &region.header().history,
             ready: VecDeque::new(),
             blocked_since: None,
             unwoken: false,
@@ -119,9 +122,58 @@ impl Relay {
     /// Queues a line for every client but `origin` (0: for everyone).
     pub fn emit(&mut self, origin: u64, line: Vec<u8>) {
         self.lines_since_wake += 1;
-        if !self.pending.is_empty() || !self.log.append(origin, &line) {
-            self.pending.push_back((origin, line));
+        let time = unix_ms();
+        if !self.pending.is_empty() || !self.append(origin, time, &line) {
+            self.pending.push_back((origin, time, line));
         }
+    }
+
+    /// Appends one entry; a chat line's position goes into the history.
+    fn append(&mut self, origin: u64, time: u64, payload: &[u8]) -> bool {
+        let pos = self.log.head();
+        if !self.log.append(origin, time, payload) {
+            return false;
+        }
+        if event::is_history(payload) {
+            let n = self.history.count.load(Relaxed);
+            self.history.pos[n as usize % HISTORY_MAX].store(pos, Relaxed);
+            self.history.count.store(n + 1, Relaxed);
+        }
+        true
+    }
+
+    /// The positions of the last `want` (at most [`HISTORY_MAX`]) chat
+    /// lines the log still holds, oldest first, for a newcomer starting at
+    /// the head; the log's tail moves back to the first of them, so that
+    /// nothing is overwritten before the newcomer's cursor (which starts
+    /// there) holds it. Positions from a previous master's header are
+    /// checked like any: ascending, aligned, within the log's last lap.
+    pub fn history(&mut self, want: usize, out: &mut [u64; HISTORY_MAX]) -> usize {
+        let head = self.log.head();
+        let count = self.history.count.load(Relaxed);
+        let take = (want.min(HISTORY_MAX) as u64).min(count);
+        let mut n = 0;
+        let mut last = None;
+        for i in count - take..count {
+            let pos = self.history.pos[i as usize % HISTORY_MAX].load(Relaxed);
+            let fresh = pos < head && head - pos <= LOG_BYTES as u64 && pos % 8 == 0;
+            if !fresh {
+                n = 0;
+                last = None;
+                continue;
+            }
+            // Out of order: the record is not to be trusted before it.
+            if last.is_some_and(|l| pos <= l) {
+                n = 0;
+            }
+            out[n] = pos;
+            n += 1;
+            last = Some(pos);
+        }
+        if n > 0 && out[0] < self.log.tail() {
+            self.log.set_tail(out[0]);
+        }
+        n
     }
 
     pub fn mark_ready(&mut self, clients: &mut super::clients::Clients, slot: usize) {
@@ -149,14 +201,21 @@ impl Relay {
     }
 
     fn flush_pending(&mut self) -> bool {
-        while let Some((origin, line)) = self.pending.front() {
-            if !self.log.append(*origin, line) {
+        while let Some((origin, time, line)) = self.pending.pop_front() {
+            if !self.append(origin, time, &line) {
+                self.pending.push_front((origin, time, line));
                 return false;
             }
-            self.pending.pop_front();
         }
         true
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the clock alone says about a held-back wake-up.
@@ -492,6 +551,7 @@ impl Master {
                 .unwrap_or_else(|| "connection closed".into());
             self.leave(slot, &reason);
         }
+        self.account_child(slot, true);
         let c = self.clients.remove(slot).unwrap();
         if c.ctl_open {
             let _ = self.epoll.delete(&c.ctl);
@@ -626,6 +686,55 @@ mod tests {
 
     fn ms(x: f64) -> Duration {
         Duration::from_secs_f64(x / 1000.0)
+    }
+
+    fn chat(text: &str) -> Vec<u8> {
+        Event::new(Kind::Chat, "alice", text).encode()
+    }
+
+    #[test]
+    fn history_is_the_last_chat_lines_the_log_still_holds() {
+        let region: &'static Region = Box::leak(Box::new(Region::create(1).unwrap()));
+        let mut relay = Relay::new(region);
+        let mut out = [0; HISTORY_MAX];
+        assert_eq!(relay.history(20, &mut out), 0);
+        let mut chats = Vec::new();
+        for i in 0..30 {
+            relay.emit(0, Event::new(Kind::Join, "bob", "").encode());
+            chats.push(relay.log.head());
+            relay.emit(0, chat(&format!("line {i}")));
+        }
+        relay.log.set_tail(relay.log.head());
+        assert_eq!(relay.history(20, &mut out), 20);
+        assert_eq!(out[..20], chats[10..]);
+        // The tail moved back to the first of them: nothing is
+        // overwritten before the newcomer's cursor holds it.
+        assert_eq!(relay.log.tail(), chats[10]);
+        assert_eq!(relay.history(500, &mut out), 30);
+        assert_eq!(out[..30], chats[..]);
+
+        // A lap of other entries later, only the lines still in the log.
+        let big = Event::new(Kind::Notice, "", &"x".repeat(8000)).encode();
+        let lap_end = chats[26] + LOG_BYTES as u64;
+        let small = Event::new(Kind::Notice, "", "y").encode();
+        for (entry, size) in [(&big, 8100), (&small, 32)] {
+            while relay.log.head() + size <= lap_end {
+                relay.log.set_tail(relay.log.head());
+                relay.emit(0, entry.clone());
+            }
+        }
+        relay.log.set_tail(relay.log.head());
+        assert_eq!(relay.history(20, &mut out), 4);
+        assert_eq!(out[..4], chats[26..]);
+        assert!(relay.log.head() - out[0] <= LOG_BYTES as u64);
+
+        // A previous master's record out of order is not trusted before
+        // the break.
+        let h = &region.header().history;
+        let count = h.count.load(Relaxed);
+        h.pos[(count - 2) as usize % HISTORY_MAX].store(chats[29] + 8, Relaxed);
+        assert_eq!(relay.history(20, &mut out), 1);
+        assert_eq!(out[0], chats[29]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::child::{self, Spec};
 use crate::ipc;
 use crate::protocol::event::{Event, Kind, Setup};
 use crate::protocol::{self, Proto, Service};
+use crate::shm::HISTORY_MAX;
 use anyhow::anyhow;
 use nix::sys::epoll::{EpollEvent, EpollFlags};
 use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag, SockType};
@@ -198,6 +199,7 @@ impl Master {
         service: Service,
         arrival: Arrival,
     ) -> Result<(), (anyhow::Error, TcpStream)> {
+        let started = std::time::Instant::now();
         let proto = service.proto;
         if let Err(e) = self.configure_socket(&stream) {
             return Err((e.into(), stream));
@@ -216,6 +218,8 @@ impl Master {
             Arrival::Resume { rec, .. } => Some(rec),
             _ => None,
         };
+        let mut history = [0u64; HISTORY_MAX];
+        let (mut history_len, mut live_from) = (0, 0);
         let (id, serial, nick) = match resumed {
             // The previous child's id, ring and log cursor go on.
             Some(rec) => (rec.id, rec.serial, rec.nick.clone()),
@@ -229,14 +233,29 @@ impl Master {
                 ctl.evicted.store(0, SeqCst);
                 let hdr = self.region.slot_header(slot);
                 hdr.head.store(0, SeqCst);
+                hdr.sent.store(0, SeqCst);
                 // Start after everything appended so far, published so the
-                // child never sees a head behind its cursor.
-                hdr.cursor.store(self.relay.publish(), SeqCst);
+                // child never sees a head behind its cursor; a newcomer
+                // first reads the room's recent lines, from the first of
+                // them (the log keeps them while its cursor is there).
+                live_from = self.relay.publish();
+                if matches!(arrival, Arrival::New) {
+                    history_len = self
+                        .relay
+                        .history(self.cfg.history_lines as usize, &mut history);
+                }
+                let start = if history_len > 0 {
+                    history[0]
+                } else {
+                    live_from
+                };
+                hdr.cursor.store(start, SeqCst);
                 let serial = self.stats.connects + 1;
                 // Users cannot choose guest-* nicks, and serials never repeat.
                 (gen << 32 | slot as u64, serial, format!("guest-{serial}"))
             }
         };
+        self.region.slot_header(slot).ready_ns.store(0, SeqCst);
         let online = self.clients.in_room() + 1;
         // The greeting waits in the child's control socket before the fork:
         // it comes before anything else the child reads there or relays, and
@@ -302,6 +321,10 @@ impl Master {
                 .then(|| Duration::from_secs_f64(self.cfg.line_timeout)),
             carried: self.keep.is_some() && !service.tls,
             resumed: resumed.is_some(),
+            history,
+            history_len,
+            live_from,
+            started,
         };
         // SAFETY: the master is single-threaded (fork_bare's contract); the
         // child only runs `child::setup` and `child::run` and leaves through

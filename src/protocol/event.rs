@@ -145,6 +145,13 @@ impl Kind {
     }
 }
 
+/// Whether an encoded event is one of the room's lines that newcomers get
+/// as history: something a person said or did (private messages never
+/// enter the relay log at all).
+pub fn is_history(payload: &[u8]) -> bool {
+    matches!(payload.first(), Some(&k) if k == Kind::Chat as u8 || k == Kind::Action as u8)
+}
+
 /// One decoded event, borrowing its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Event<'a> {

@@ -5,6 +5,7 @@
 //! notices starting with `* `, errors with `! `. IRC formatting codes that
 //! IRC users may send are removed here, never shown as raw bytes.
 
+use super::clock;
 use super::command::{self, Command};
 use super::event::{self, Event, Kind, List, Setup};
 use super::{nick, sanitize, Ask, Leave, Session, ERR, NOTICE};
@@ -128,6 +129,21 @@ impl Session for Line {
             Command::Unknown(name) => err(out, &format!("unknown command /{name}; type /help")),
         }
         None
+    }
+
+    fn on_history(&mut self, ev: &Event, time: u64, now: u64, out: &mut Vec<u8>) {
+        if !matches!(ev.kind, Kind::Chat | Kind::Action) {
+            return;
+        }
+        let start = out.len();
+        if let Some(t) = clock::stamp(time, now) {
+            out.extend_from_slice(format!("[{t}] ").as_bytes());
+        }
+        let mark = out.len();
+        self.on_event(ev, out, &mut Vec::new());
+        if out.len() == mark {
+            out.truncate(start);
+        }
     }
 
     fn on_too_long(&mut self, max: usize, out: &mut Vec<u8>) {

@@ -10,6 +10,7 @@
 //! The child's loop (`crate::child`) runs either through [`Session`] and
 //! does not care which.
 
+pub mod clock;
 pub mod command;
 pub mod event;
 pub mod irc;
@@ -104,6 +105,11 @@ pub trait Session {
     /// Renders one event (from the relay log, or sent to this client
     /// alone); `asks` takes what it makes the client ask in turn.
     fn on_event(&mut self, ev: &event::Event, out: &mut Vec<u8>, asks: &mut Vec<Ask>);
+    /// Renders one line of the room's history for a newcomer: `ev` was
+    /// said at `time` (ms since the epoch; 0: unknown), it is now `now`.
+    /// Called before any live event; a session whose client is not in the
+    /// room yet (IRC) keeps the lines until it is.
+    fn on_history(&mut self, ev: &event::Event, time: u64, now: u64, out: &mut Vec<u8>);
     /// When [`Session::on_deadline`] must run next, if ever.
     fn deadline(&self) -> Option<Instant>;
     /// Timers: keepalive pings, registration timeout.

@@ -1,10 +1,16 @@
 //! The relay log: the master writes, every child reads.
 //!
-//! Entries are `[pos][origin][len][payload, zero-padded]`: an encoded
-//! `protocol::event::Event` (what was said or done, by whom) and the client
-//! id it came from, which that client's child skips (no self-echo). Each
-//! child renders the payloads for its own protocol. The log's order is the
-//! one global order every client sees.
+//! Entries are `[pos][origin][len | time << 16][payload, zero-padded]`: an
+//! encoded `protocol::event::Event` (what was said or done, by whom), the
+//! client id it came from, which that client's child skips (no self-echo),
+//! and when the master relayed it (milliseconds since the Unix epoch; 0:
+//! unknown). Each child renders the payloads for its own protocol. The
+//! log's order is the one global order every client sees.
+//!
+//! History: a newcomer's child starts with its cursor at the oldest of the
+//! room's recent lines, which the master therefore does not overwrite; it
+//! reads those lines ([`LogReader::replay`]) and then moves its cursor to
+//! where its live part begins.
 //!
 //! Flow control: the master never writes past the lowest cursor of the
 //! children it still waits for ([`LogWriter::set_tail`]). A child that holds
@@ -20,6 +26,14 @@ use std::sync::atomic::{fence, AtomicU64, Ordering::*};
 /// Largest payload of one log entry.
 pub const MAX_PAYLOAD: usize = 8192;
 const ENTRY_HEADER: u64 = 24;
+/// The length's bits in an entry's third word; the time is above them.
+const LEN_BITS: u32 = 16;
+const _: () = assert!(MAX_PAYLOAD < 1 << LEN_BITS);
+
+/// An entry's third word: its payload length and time.
+fn len_word(len: usize, time_ms: u64) -> u64 {
+    len as u64 | (time_ms & (u64::MAX >> LEN_BITS)) << LEN_BITS
+}
 
 /// Space an entry with `len` payload bytes takes.
 pub fn entry_size(len: usize) -> u64 {
@@ -66,8 +80,9 @@ impl LogWriter {
         self.head + entry_size(len) - self.tail <= LOG_BYTES as u64
     }
 
-    /// Appends one entry (not yet visible); false if it does not fit.
-    pub fn append(&mut self, origin: u64, payload: &[u8]) -> bool {
+    /// Appends one entry (not yet visible), said at `time_ms`; false if it
+    /// does not fit.
+    pub fn append(&mut self, origin: u64, time_ms: u64, payload: &[u8]) -> bool {
         assert!(payload.len() <= MAX_PAYLOAD);
         if !self.fits(payload.len()) {
             return false;
@@ -75,7 +90,7 @@ impl LogWriter {
         let w = self.head / 8;
         store(self.log, w, self.head);
         store(self.log, w + 1, origin);
-        store(self.log, w + 2, payload.len() as u64);
+        store(self.log, w + 2, len_word(payload.len(), time_ms));
         write_bytes(self.log, w + 3, payload);
         self.head += entry_size(payload.len());
         true
@@ -188,7 +203,7 @@ impl LogReader {
                 return Err(self.why("entry sequence mismatch"));
             }
             let origin = load(self.log, w + 1);
-            let len = load(self.log, w + 2);
+            let len = load(self.log, w + 2) & ((1 << LEN_BITS) - 1);
             if len > MAX_PAYLOAD as u64 || pos + entry_size(len as usize) > head {
                 return Err(self.why("bad entry length"));
             }
@@ -207,6 +222,54 @@ impl LogReader {
         }
         self.cursor = pos;
         self.mine.cursor.store(pos, Release);
+        Ok(n)
+    }
+
+    /// A newcomer's history: hands `render` the payload and time of the
+    /// entry at each of `positions` (ascending, from the reader's cursor,
+    /// before `end`), then moves the cursor to `end`, where the live part
+    /// begins. The master keeps those entries (the cursor holds the log's
+    /// tail) until the cursor moves. A position that is not an entry's
+    /// start is skipped. On error, `out` is left as it was.
+    pub fn replay(
+        &mut self,
+        positions: &[u64],
+        end: u64,
+        out: &mut Vec<u8>,
+        scratch: &mut Vec<u8>,
+        mut render: impl FnMut(&[u8], u64, &mut Vec<u8>),
+    ) -> Result<usize, LogError> {
+        let head = self.header.log_head.load(Acquire);
+        if end < self.cursor || end > head || head - self.cursor > LOG_BYTES as u64 || end % 8 != 0
+        {
+            return Err(self.why("history out of range"));
+        }
+        let start_len = out.len();
+        let mut n = 0;
+        for &pos in positions {
+            if pos < self.cursor || pos >= end || end - pos < ENTRY_HEADER || pos % 8 != 0 {
+                continue;
+            }
+            let w = pos / 8;
+            let word = load(self.log, w + 2);
+            let len = word & ((1 << LEN_BITS) - 1);
+            if load(self.log, w) != pos || len > MAX_PAYLOAD as u64 {
+                continue;
+            }
+            if pos + entry_size(len as usize) > end {
+                continue;
+            }
+            scratch.clear();
+            read_bytes(self.log, w + 3, len as usize, scratch);
+            render(scratch, word >> LEN_BITS, out);
+            n += 1;
+        }
+        if self.evicted() {
+            out.truncate(start_len);
+            return Err(LogError::Evicted);
+        }
+        self.cursor = end;
+        self.mine.cursor.store(end, Release);
         Ok(n)
     }
 
@@ -242,7 +305,7 @@ mod tests {
         for i in 0..100_000u64 {
             let origin = [100, 200, 0][i as usize % 3];
             let line = format!("line {i}\n");
-            if !w.append(origin, line.as_bytes()) {
+            if !w.append(origin, 0, line.as_bytes()) {
                 w.publish();
                 a.drain(&mut out_a).unwrap();
                 b.drain(&mut out_b).unwrap();
@@ -252,7 +315,7 @@ mod tests {
                     .load(SeqCst)
                     .min(r.slot_header(1).cursor.load(SeqCst));
                 w.set_tail(tail);
-                assert!(w.append(origin, line.as_bytes()));
+                assert!(w.append(origin, 0, line.as_bytes()));
             }
             if origin != 100 {
                 expect_a.extend_from_slice(line.as_bytes());
@@ -273,7 +336,7 @@ mod tests {
         let r: &'static Region = Box::leak(Box::new(Region::create(1).unwrap()));
         let mut w = LogWriter::new(r);
         let mut a = LogReader::new(r, 0, 1);
-        assert!(w.append(0, b"x\n"));
+        assert!(w.append(0, 0, b"x\n"));
         w.publish();
         LogWriter::evict(r.control(0));
         let mut out = b"keep".to_vec();
@@ -290,6 +353,39 @@ mod tests {
         assert_eq!(a.drain(&mut Vec::new()), Ok(0));
         LogWriter::evict(r.control(0));
         assert_eq!(a.drain(&mut Vec::new()), Err(LogError::Evicted));
+    }
+
+    #[test]
+    fn replay_reads_the_given_entries_with_their_time() {
+        let r: &'static Region = Box::leak(Box::new(Region::create(1).unwrap()));
+        let mut w = LogWriter::new(r);
+        let mut positions = Vec::new();
+        for i in 0..10u64 {
+            positions.push(w.head());
+            assert!(w.append(7, 1_000 + i, format!("line {i}").as_bytes()));
+        }
+        let end = w.head();
+        assert!(w.append(7, 2_000, b"live"));
+        w.publish();
+        r.slot_header(0).cursor.store(positions[0], SeqCst);
+        let mut a = LogReader::new(r, 0, 1);
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        // Every other line, a position inside an entry and one past `end`.
+        let mut asked: Vec<u64> = positions.iter().copied().step_by(2).collect();
+        asked.insert(1, positions[1] + 8);
+        asked.push(end);
+        let got = a.replay(&asked, end, &mut out, &mut scratch, |p, t, out| {
+            out.extend_from_slice(format!("{t}:{} ", String::from_utf8_lossy(p)).as_bytes())
+        });
+        assert_eq!(got, Ok(5));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1000:line 0 1002:line 2 1004:line 4 1006:line 6 1008:line 8 "
+        );
+        assert_eq!(r.slot_header(0).cursor.load(SeqCst), end);
+        let mut live = Vec::new();
+        a.drain(&mut live).unwrap();
+        assert_eq!(live, b"live");
     }
 
     #[test]

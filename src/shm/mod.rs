@@ -81,6 +81,24 @@ pub struct Header {
     /// `master::relay`); a child that sees it change gives back the pages
     /// of its (empty) send queue.
     pub trim: AtomicU64,
+    /// Where the room's recent lines are in the log (history for
+    /// newcomers): the master's record, kept here so that it survives a
+    /// restart with the log. A region of an older chatd has zeros here.
+    pub history: History,
+}
+
+/// Most lines of history the master keeps track of (`history_lines`).
+pub const HISTORY_MAX: usize = 100;
+
+/// The log positions of the last [`HISTORY_MAX`] chat lines: entry `n`
+/// (counting from the first line ever) is at `pos[n % HISTORY_MAX]`.
+/// Written by the master only; children never read it (a newcomer is told
+/// its history positions in its `Spec`).
+#[repr(C, align(64))]
+pub struct History {
+    /// Lines recorded so far.
+    pub count: AtomicU64,
+    pub pos: [AtomicU64; HISTORY_MAX],
 }
 
 /// Per-slot state kept by the master. Written by the master only.
@@ -102,6 +120,11 @@ pub struct SlotHeader {
     pub head: AtomicU64,
     /// Log position up to which this child has copied the relay log.
     pub cursor: AtomicU64,
+    /// Bytes written to the client so far (metrics).
+    pub sent: AtomicU64,
+    /// Nanoseconds from accept until the child was ready to serve (its
+    /// confinement done); 0 until then. For the metrics' histogram.
+    pub ready_ns: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= PAGE);

@@ -86,6 +86,11 @@ pub fn dispatch(s: &mut Irc, line: &str, out: &mut Vec<u8>, asks: &mut Vec<Ask>)
     (c.handler)(s, &m, out, asks)
 }
 
+/// IRCv3 `server-time`: history lines carry the time they were said.
+pub const SERVER_TIME: &str = "server-time";
+/// The capabilities chatd offers (CAP LS).
+pub const CAPS: [&str; 1] = [SERVER_TIME];
+
 fn cap(s: &mut Irc, m: &Message, out: &mut Vec<u8>, asks: &mut Vec<Ask>) -> Option<Leave> {
     let sub = m.arg(0).to_ascii_uppercase();
     let server = s.server.clone();
@@ -95,10 +100,32 @@ fn cap(s: &mut Irc, m: &Message, out: &mut Vec<u8>, asks: &mut Vec<Ask>) -> Opti
             if !s.registered {
                 s.cap_open = true;
             }
-            message::write(out, &server, "CAP", &[&me, "LS", ""]);
+            message::write(out, &server, "CAP", &[&me, "LS", CAPS.join(" ").as_str()]);
         }
-        "LIST" => message::write(out, &server, "CAP", &[&me, "LIST", ""]),
-        "REQ" => message::write(out, &server, "CAP", &[&me, "NAK", m.arg(1)]),
+        "LIST" => {
+            let on = if s.server_time { SERVER_TIME } else { "" };
+            message::write(out, &server, "CAP", &[&me, "LIST", on]);
+        }
+        "REQ" => {
+            // All or nothing: every capability asked for must be known.
+            let asked: Vec<(bool, &str)> = m
+                .arg(1)
+                .split(' ')
+                .filter(|c| !c.is_empty())
+                .map(|c| match c.strip_prefix('-') {
+                    Some(name) => (false, name),
+                    None => (true, c),
+                })
+                .collect();
+            if asked.is_empty() || asked.iter().any(|(_, c)| !CAPS.contains(c)) {
+                message::write(out, &server, "CAP", &[&me, "NAK", m.arg(1)]);
+            } else {
+                for (on, _) in asked {
+                    s.server_time = on;
+                }
+                message::write(out, &server, "CAP", &[&me, "ACK", m.arg(1)]);
+            }
+        }
         "END" => {
             s.cap_open = false;
             s.try_register(out, asks);

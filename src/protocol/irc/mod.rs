@@ -11,7 +11,7 @@ pub mod commands;
 pub mod message;
 
 use super::event::{self, Event, Kind, List, Setup};
-use super::{sanitize, Ask, Leave, Session};
+use super::{clock, sanitize, Ask, Leave, Session};
 use message::{write, write_parts};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -57,6 +57,14 @@ pub struct Irc {
     motd: String,
     /// CAP LS was sent and CAP END not yet.
     cap_open: bool,
+    /// The client enabled IRCv3 `server-time` (CAP REQ): history lines
+    /// carry a `time` tag instead of a time in their text.
+    server_time: bool,
+    /// The room's history, kept until the client joins the channel:
+    /// `[time: u64 LE][length: u32 LE][encoded event]`...
+    history: Vec<u8>,
+    /// When the history was received (ms since the epoch).
+    history_now: u64,
     got_user: bool,
     /// The client chose a nick (not the guest one) and the master took it.
     got_nick: bool,
@@ -79,6 +87,9 @@ impl Irc {
             topic: String::new(),
             motd: String::new(),
             cap_open: false,
+            server_time: false,
+            history: Vec::new(),
+            history_now: 0,
             got_user: false,
             got_nick: false,
             registered: false,
@@ -241,6 +252,46 @@ impl Irc {
         }
     }
 
+    /// The history kept for the first join, rendered after its names list.
+    fn replay_history(&mut self, out: &mut Vec<u8>) {
+        let kept = std::mem::take(&mut self.history);
+        let mut rest = &kept[..];
+        while rest.len() >= 12 {
+            let time = u64::from_le_bytes(rest[..8].try_into().unwrap());
+            let len = u32::from_le_bytes(rest[8..12].try_into().unwrap()) as usize;
+            let Some(payload) = rest.get(12..12 + len) else {
+                break;
+            };
+            rest = &rest[12 + len..];
+            let Some(ev) = Event::decode(payload) else {
+                continue;
+            };
+            let action = ev.kind == Kind::Action;
+            if self.server_time && time != 0 {
+                let mut lines = Vec::new();
+                self.privmsg(
+                    &mut lines,
+                    ev.nick,
+                    "PRIVMSG",
+                    &self.channel,
+                    ev.text,
+                    action,
+                );
+                let tag = format!("@time={} ", clock::iso8601(time));
+                for l in lines.split_inclusive(|&b| b == b'\n') {
+                    out.extend_from_slice(tag.as_bytes());
+                    out.extend_from_slice(l);
+                }
+            } else {
+                let text = match clock::stamp(time, self.history_now) {
+                    Some(t) => format!("[{t}] {}", ev.text),
+                    None => ev.text.to_string(),
+                };
+                self.privmsg(out, ev.nick, "PRIVMSG", &self.channel, &text, action);
+            }
+        }
+    }
+
     fn on_list(&mut self, list: List, nicks: &str, out: &mut Vec<u8>) {
         let mut all = nicks.split(' ').filter(|n| !n.is_empty());
         match list {
@@ -251,6 +302,7 @@ impl Irc {
                     self.reply(out, "332", &[&self.channel, &self.topic]);
                 }
                 self.names(out, nicks);
+                self.replay_history(out);
             }
             List::Names | List::Who => self.names(out, nicks),
             List::IrcWho => {
@@ -326,6 +378,19 @@ impl Session for Irc {
                 None
             }
         }
+    }
+
+    fn on_history(&mut self, ev: &Event, time: u64, now: u64, _out: &mut Vec<u8>) {
+        if !matches!(ev.kind, Kind::Chat | Kind::Action) {
+            return;
+        }
+        let start = self.history.len();
+        self.history.extend_from_slice(&time.to_le_bytes());
+        self.history.extend_from_slice(&[0; 4]);
+        ev.encode_into(&mut self.history);
+        let len = (self.history.len() - start - 12) as u32;
+        self.history[start + 8..start + 12].copy_from_slice(&len.to_le_bytes());
+        self.history_now = now;
     }
 
     fn on_too_long(&mut self, _max: usize, out: &mut Vec<u8>) {

@@ -1,11 +1,13 @@
 //! The protocol sessions as a child drives them: `protocol::irc::Irc` and
 //! `protocol::line::Line`, fed arbitrary client lines (already framed, at
 //! most the protocol's line limit), arbitrary events (as a hostile or
-//! broken relay log would hold) and clock ticks.
+//! broken relay log would hold), as live lines or as history with an
+//! arbitrary time, and clock ticks.
 //!
 //! Checked: no panic; an input line yields at most `max_asks` requests,
 //! each with text the master would accept (sanitised, IRC formatting codes
 //! allowed); every IRC line written is at most 512 bytes with its CR LF
+//! (besides a leading `@time=` tag, which has its own budget)
 //! and carries no control character but the formatting codes and CTCP's
 //! 0x01; the line protocol writes no control character at all but tab and
 //! its newline (no terminal escape, and no formatting code, reaches a
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 enum Op {
     Line(Vec<u8>),
     Event(Vec<u8>),
+    History(Vec<u8>, u64),
     Tick(u16),
 }
 
@@ -44,6 +47,15 @@ fn check_irc_output(out: &[u8]) {
     }
     assert!(out.ends_with(b"\r\n"));
     for l in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let l = match l.strip_prefix(b"@time=") {
+            Some(rest) => {
+                let (tag, msg) =
+                    rest.split_at(rest.iter().position(|&b| b == b' ').expect("tag ends"));
+                assert!(tag.len() == 24 && tag.ends_with(b"Z"), "{tag:?}");
+                &msg[1..]
+            }
+            None => l,
+        };
         assert!(l.len() < 512, "IRC line of {} bytes", l.len() + 1);
         let l = l.strip_suffix(b"\r").expect("CR LF");
         let text = std::str::from_utf8(l).expect("UTF-8");
@@ -88,6 +100,14 @@ fuzz_target!(|ops: Vec<Op>| {
                 if let Some(ev) = Event::decode(&p) {
                     irc.on_event(&ev, &mut io, &mut ia);
                     line.on_event(&ev, &mut lo, &mut la);
+                }
+            }
+            Op::History(p, time) => {
+                if let Some(ev) = Event::decode(&p) {
+                    // Times up to the year 10000: the tag's fixed width.
+                    let time = time % 253_402_300_800_000;
+                    irc.on_history(&ev, time, time.saturating_add(1000), &mut io);
+                    line.on_history(&ev, time, time.saturating_add(1000), &mut lo);
                 }
             }
             Op::Tick(ms) => {

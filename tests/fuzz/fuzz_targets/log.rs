@@ -8,9 +8,14 @@
 //! arbitrary stores into the log or its head ("pokes", standing for a
 //! broken master or memory corruption).
 //!
+//! A replay (a newcomer's history) reads some of the published, unread
+//! entries by position, plus a position that is not an entry's start, and
+//! moves the cursor to the head.
+//!
 //! Checked: no panic or out-of-bounds read; while nothing was poked, each
 //! drain yields exactly the published lines not from client 1, in order
-//! (no loss, no self-echo, nothing repeated); once evicted, a drain never
+//! (no loss, no self-echo, nothing repeated), and each replay exactly the
+//! chosen entries with their times; once evicted, a drain never
 //! yields anything (no torn line); whatever happens, a failed drain leaves
 //! the output as it was, and a successful one never yields more bytes than
 //! lie between the cursor and the head.
@@ -35,6 +40,10 @@ enum Op {
     },
     Publish,
     Drain,
+    Replay {
+        pick: u64,
+        junk: u8,
+    },
     Evict {
         len: u16,
     },
@@ -74,6 +83,9 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut rd = LogReader::new(r, 0, ME);
     let mut pending = Vec::new(); // appended, not yet published
     let mut expected = Vec::new(); // published, for this reader
+                                   // Every entry appended / published and not yet read: (pos, time, payload).
+    let mut pending_all: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+    let mut unread: Vec<(u64, u64, Vec<u8>)> = Vec::new();
     let mut poked = false;
     let mut poked_words = Vec::new();
     let mut evicted = false;
@@ -91,9 +103,11 @@ fuzz_target!(|ops: Vec<Op>| {
                     let len = len as usize % (MAX_PAYLOAD + 1);
                     let line: Vec<u8> = (0..len).map(|i| fill ^ (i + n) as u8).collect();
                     n += 1;
-                    if !w.append(origin, &line) {
+                    let (pos, time) = (w.head(), n as u64 * 1000);
+                    if !w.append(origin, time, &line) {
                         break;
                     }
+                    pending_all.push((pos, time, line.clone()));
                     if origin != ME {
                         pending.extend_from_slice(&line);
                     }
@@ -102,6 +116,52 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Publish => {
                 w.publish();
                 expected.append(&mut pending);
+                unread.append(&mut pending_all);
+            }
+            Op::Replay { pick, junk } => {
+                let before = b"prefix".to_vec();
+                let mut out = before.clone();
+                let head = r.header().log_head.load(SeqCst);
+                let chosen: Vec<&(u64, u64, Vec<u8>)> = unread
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| pick >> (i % 64) & 1 == 1)
+                    .map(|(_, e)| e)
+                    .collect();
+                let mut positions: Vec<u64> = chosen.iter().map(|e| e.0).collect();
+                // Positions that are no entry's start: misaligned, or at
+                // or past the head. Skipped.
+                positions.push(head.wrapping_add(8 * (junk as u64 % 16)));
+                if let Some(e) = chosen.first() {
+                    positions.push(e.0 + 1 + junk as u64 % 7);
+                }
+                positions.sort();
+                let mut scratch = Vec::new();
+                let got = rd.replay(&positions, head, &mut out, &mut scratch, |p, t, out| {
+                    out.extend_from_slice(&t.to_le_bytes());
+                    out.extend_from_slice(p);
+                });
+                match got {
+                    Ok(_) => {
+                        assert!(!evicted, "an evicted reader yielded lines");
+                        if !poked {
+                            let mut want = before.clone();
+                            for (_, t, p) in &chosen {
+                                want.extend_from_slice(&t.to_le_bytes());
+                                want.extend_from_slice(p);
+                            }
+                            assert_eq!(out, want);
+                            expected.clear();
+                            unread.clear();
+                            w.set_tail(r.slot_header(0).cursor.load(SeqCst));
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(out, before, "a failed replay changed the output");
+                        assert!(poked || (evicted && e == LogError::Evicted), "{e:?}");
+                        break;
+                    }
+                }
             }
             Op::Drain => {
                 let before = b"prefix".to_vec();
@@ -115,6 +175,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         if !poked {
                             assert_eq!(&out[before.len()..], &expected[..]);
                             expected.clear();
+                            unread.clear();
                             // The master's flow control: free what was read.
                             w.set_tail(r.slot_header(0).cursor.load(SeqCst));
                         }
@@ -136,7 +197,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 let mut len = len as usize % (MAX_PAYLOAD + 1);
                 let lap_end = w.head() + LOG_BYTES as u64;
                 while w.head() < lap_end {
-                    assert!(w.append(2, &vec![b'x'; len]));
+                    assert!(w.append(2, 0, &vec![b'x'; len]));
                     w.set_tail(w.head());
                     len = MAX_PAYLOAD;
                 }
