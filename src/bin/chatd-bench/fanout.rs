@@ -322,6 +322,12 @@ impl<'a> Run<'a> {
                 return;
             }
         }
+        // chatd's history of the room for a newcomer (earlier rounds'
+        // lines, marked with their time): `[12:01] <c3> ...`, or in IRC
+        // `:c3!... PRIVMSG #chatd :[12:01] ...`; not this run's deliveries.
+        if raw.starts_with(b"[") || raw.starts_with(b"@time=") || contains(raw, b" :[") {
+            return;
+        }
         // The seed pads every message with NULs to 1024 bytes; drop them.
         let cleaned;
         let line = if raw.contains(&0) {
@@ -724,6 +730,11 @@ pub fn rusage_cpu(who: UsageWho) -> f64 {
         t(r.user_time()) + t(r.system_time())
     })
     .unwrap_or(0.0)
+}
+
+/// Whether `hay` contains `needle`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
