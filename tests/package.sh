@@ -4,12 +4,19 @@
 #     packaging/debian/chatd.lintian-overrides);
 #   - systemd-analyze verify of both units, as installed: no output at all;
 #   - systemd-analyze security of chatd.service: exposure at most 0.9 (SAFE).
-# Run by tests/all.sh; needs cargo-deb, lintian and systemd (installed by
-# tests/all.sh when missing). Prints the .deb's path last.
+# Run by tests/all.sh; needs lintian and systemd (installed by tests/all.sh
+# when missing) and cargo-deb (installed here when missing). Prints the
+# .deb's path last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-deb=$(cargo deb --locked 2>/dev/null | tail -n 1)
+command -v cargo-deb >/dev/null || cargo install cargo-deb --version 3.8.0 --locked
+if ! built=$(cargo deb --locked 2>target/cargo-deb.log); then
+  cat target/cargo-deb.log >&2
+  echo "cargo deb failed" >&2
+  exit 1
+fi
+deb=$(tail -n 1 <<<"$built")
 test -f "$deb" || { echo "cargo deb produced no package" >&2; exit 1; }
 
 echo "== lintian $deb" >&2
