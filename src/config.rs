@@ -87,6 +87,10 @@ pub struct Config {
     /// Lines of the room's recent conversation a newcomer is shown, marked
     /// with the time they were said (0..=100; 0: none).
     pub history_lines: u32,
+    /// Joins and leaves are announced one by one while the room has at
+    /// most this many people; in a larger room they are summed up every
+    /// 30 s.
+    pub join_notices_up_to: u32,
     /// Name shown in the greeting.
     pub server_name: String,
     /// Message of the day, shown after the greeting (may span lines).
@@ -135,6 +139,7 @@ impl Default for Config {
             shutdown_timeout: 5.0,
             max_sendq: 256 * 1024,
             history_lines: 20,
+            join_notices_up_to: 1000,
             stall_timeout: 2.0,
             keepalive: 60,
             line_timeout: 60.0,
@@ -298,6 +303,9 @@ impl Config {
                 "history_lines",
                 format!("must be between 0 and {}", crate::shm::HISTORY_MAX),
             ));
+        }
+        if self.join_notices_up_to > 100_000 {
+            return Err(("join_notices_up_to", "must be between 0 and 100000".into()));
         }
         if self.flood_burst < 1 {
             return Err(("flood_burst", "must be at least 1".into()));

@@ -211,6 +211,8 @@ fn metrics_follow_the_room() {
         value(&after, &format!("{setup}_bucket{{le=\"+Inf\"}}")),
         2.0
     );
+    // Both forked through a hand-off slot (chatd's fast fork).
+    assert_eq!(value(&after, "chatd_forks_total{fd_table=\"shared\"}"), 2.0);
     let sum = value(&after, &format!("{setup}_sum"));
     assert!(sum > 0.0 && sum < 10.0, "{sum}");
     assert!(value(&after, "chatd_wakeups_total") > value(&before, "chatd_wakeups_total"));

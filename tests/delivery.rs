@@ -257,3 +257,47 @@ fn slow_reader_is_disconnected_without_blocking_others() {
     sender.send("still here\n");
     reader.expect(&format!("<{sender_nick}> still here"));
 }
+
+#[test]
+fn a_large_room_sums_up_joins_and_leaves() {
+    // A room of more than two: joins and leaves are counted, not announced.
+    let server = Server::start(&[("join_notices_up_to", "2")]);
+    let mut alice = common::irc::line_client(&server, "alice");
+    let mut bob = common::irc::Irc::register(&server, "bob");
+    alice.expect("* bob joined");
+    let (mut carol, _) = server.join();
+    let (mut dave, _) = server.join();
+    carol.send("/nick carol\n");
+    carol.expect("you are now carol");
+    dave.send("/quit\n");
+    dave.read_to_eof();
+    // Nick changes and lines are shown whatever the size.
+    alice.expect("is now carol");
+    carol.send("hello from the crowd\n");
+    alice.expect("<carol> hello from the crowd");
+    // Back to two: what was counted is summed up before carol's leave.
+    carol.send("/quit\n");
+    carol.read_to_eof();
+    let seen = alice.lines_until("* carol left");
+    assert_eq!(
+        seen[seen.len() - 2..],
+        [
+            "* 2 joined and 1 left in the last 30 s; 2 in the room",
+            "* carol left (quit)"
+        ],
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains(" joined") && !l.contains("in the last")),
+        "{seen:?}"
+    );
+    let irc = bob.until(":2 joined and 1 left in the last 30 s; 2 in the room");
+    assert!(
+        irc.last().unwrap().contains(" NOTICE #chatd :2 joined"),
+        "{irc:?}"
+    );
+    assert!(!irc.iter().any(|l| l.contains(" JOIN ")), "{irc:?}");
+    bob.expect(" QUIT :quit");
+}

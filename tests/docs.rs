@@ -16,6 +16,7 @@ const KEYS: &[&str] = &[
     "line_timeout",
     "shutdown_timeout",
     "history_lines",
+    "join_notices_up_to",
     "server_name",
     "motd",
     "irc_channel",

@@ -188,6 +188,18 @@ pub fn prepare(
     }
 }
 
+/// In a child forked sharing the master's fd table (`master::handoff`):
+/// the very first step, before any fd is opened, closed or duplicated: a
+/// private table holding only the fds below `cut`.
+pub fn own_fd_table(cut: RawFd) {
+    // SAFETY: closes fds (in the new private table) of this process only;
+    // no Rust wrapper the child uses refers to one at or above `cut`.
+    let r = unsafe { libc::close_range(cut as u32, u32::MAX, libc::CLOSE_RANGE_UNSHARE as i32) };
+    if r < 0 {
+        step::<(), _>("fd table", Err(std::io::Error::last_os_error()));
+    }
+}
+
 /// A set-up step's result: its value, or (fatal) one line naming the step
 /// on stderr and exit status 70.
 pub(super) fn step<T, E: std::fmt::Display>(name: &str, r: Result<T, E>) -> T {

@@ -92,6 +92,10 @@ pub struct Clients {
     by_pid: HashMap<Pid, usize>,
     nicks: HashMap<String, usize>,
     per_ip: HashMap<IpAddr, u32>,
+    /// Clients in the room that have not left: kept by [`Clients::insert`],
+    /// [`Clients::remove`], [`Clients::set_in_room`] and
+    /// [`Clients::set_leaving`], so that a join costs O(1), not O(N).
+    in_room: usize,
 }
 
 /// Normalises IPv4-mapped IPv6 addresses so per-IP limits see one address.
@@ -111,6 +115,7 @@ impl Clients {
             by_pid: HashMap::new(),
             nicks: HashMap::new(),
             per_ip: HashMap::new(),
+            in_room: 0,
         }
     }
 
@@ -130,9 +135,47 @@ impl Clients {
 
     /// Clients in the room (what the greeting calls "online").
     pub fn in_room(&self) -> usize {
-        self.iter()
-            .filter(|c| c.leaving.is_none() && c.in_room)
-            .count()
+        debug_assert_eq!(
+            self.in_room,
+            self.iter()
+                .filter(|c| c.leaving.is_none() && c.in_room)
+                .count()
+        );
+        self.in_room
+    }
+
+    /// Puts a client in the room or takes it out (IRC JOIN and PART).
+    pub fn set_in_room(&mut self, slot: usize, in_room: bool) {
+        let Some(c) = self.slots.get_mut(slot).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        if c.in_room != in_room && c.leaving.is_none() {
+            if in_room {
+                self.in_room += 1;
+            } else {
+                self.in_room -= 1;
+            }
+        }
+        c.in_room = in_room;
+    }
+
+    /// Marks a client as leaving, for `reason`; false if it already was.
+    pub fn set_leaving(&mut self, slot: usize, reason: &str) -> bool {
+        let Some(c) = self.slots.get_mut(slot).and_then(|c| c.as_deref_mut()) else {
+            return false;
+        };
+        if c.leaving.is_some() {
+            return false;
+        }
+        if c.in_room {
+            self.in_room -= 1;
+        }
+        c.leaving = Some(reason.to_string());
+        true
+    }
+
+    fn counts_in_room(c: &Client) -> bool {
+        c.in_room && c.leaving.is_none()
     }
 
     pub fn capacity(&self) -> usize {
@@ -179,12 +222,14 @@ impl Clients {
         self.by_pid.insert(c.pid, slot);
         self.nicks.insert(nick::fold(&c.nick), slot);
         *self.per_ip.entry(canonical_ip(c.peer.ip())).or_insert(0) += 1;
+        self.in_room += Clients::counts_in_room(&c) as usize;
         self.slots[slot] = Some(Box::new(c));
     }
 
     /// Removes a client and frees its slot.
     pub fn remove(&mut self, slot: usize) -> Option<Box<Client>> {
         let c = self.slots[slot].take()?;
+        self.in_room -= Clients::counts_in_room(&c) as usize;
         let last = *self.live.last().unwrap();
         self.live.swap_remove(c.live_idx);
         if last != slot {

@@ -175,6 +175,22 @@ impl Master {
             &one(size),
         );
         let children = self.clients.iter().filter(|c| !c.reaped).count() as u64;
+        let forks = vec![
+            (
+                "{fd_table=\"shared\"}".to_string(),
+                self.stats.forks_shared as f64,
+            ),
+            (
+                "{fd_table=\"copied\"}".to_string(),
+                self.stats.forks_copied as f64,
+            ),
+        ];
+        metric(
+            "forks_total",
+            "counter",
+            "Children forked: sharing the master's fd table until they take their own, or copying it.",
+            &forks,
+        );
         let setup = self.stats.setup.rows("");
         metric(
             "child_setup_seconds",

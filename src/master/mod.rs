@@ -13,6 +13,8 @@ pub mod bans;
 pub mod clients;
 pub mod confine;
 pub mod control;
+pub mod crowd;
+pub mod handoff;
 pub mod handover;
 pub mod listen;
 pub mod metrics;
@@ -67,6 +69,9 @@ pub struct Stats {
     pub bytes_out_gone: u64,
     /// Children's set-up times.
     pub setup: metrics::Histogram,
+    /// Forks sharing the fd table (through hand-off slots), and copying it.
+    pub forks_shared: u64,
+    pub forks_copied: u64,
 }
 
 /// Why clients were kicked (metrics labels): a full send queue, an
@@ -95,6 +100,10 @@ pub fn refusal_label(reason: &str) -> usize {
 
 pub struct Master {
     cfg: Config,
+    /// Joins and leaves of a large room, not announced one by one.
+    folded: crowd::Folded,
+    /// Low fd numbers a new child finds its sockets at (see `handoff`).
+    handoff: Option<handoff::Handoff>,
     reload: Reloader,
     region: &'static Region,
     epoll: Epoll,
@@ -113,6 +122,8 @@ pub struct Master {
     reserve_fd: Option<std::os::fd::OwnedFd>,
     /// Listeners are not polled until then (accept failed for resources).
     accept_paused_until: Option<Instant>,
+    /// Listeners are not polled until a hand-off slot is free.
+    accept_waiting: bool,
     clients: Clients,
     relay: Relay,
     stats: Stats,
@@ -238,6 +249,10 @@ impl Master {
             false => None,
         };
         let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
+        // Last of what the master keeps open: the hand-off slots lie above.
+        let handoff = handoff::Handoff::new()
+            .map_err(|e| warn!(event = "handoff", error = %e, "no hand-off slots ({e}); every fork copies the fd table"))
+            .ok();
         crate::child::image::note();
         if let Err(e) = spawn::stop_rseq() {
             warn!(event = "rseq", error = %e, "cannot unregister rseq: {e}; each child keeps a page more");
@@ -274,7 +289,10 @@ impl Master {
             timer_fast: true,
             reserve_fd: None,
             accept_paused_until: None,
+            accept_waiting: false,
             stats: Stats::default(),
+            folded: crowd::Folded::default(),
+            handoff,
             pid: nix::unistd::getpid(),
             shutdown_at: None,
             last_status: Instant::now(),
@@ -326,7 +344,13 @@ impl Master {
         self.relay_turn();
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+            // Children still starting in hand-off slots are checked every
+            // millisecond, so that the master lets go of their sockets.
+            let timeout = match self.handoff.as_ref().is_some_and(|h| h.busy()) {
+                true => EpollTimeout::from(1u8),
+                false => EpollTimeout::NONE,
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => return Err(e).context("epoll_wait"),
@@ -334,6 +358,8 @@ impl Master {
             for ev in &events[..n] {
                 self.dispatch(ev.data(), ev.events())?;
             }
+            self.release_handoffs();
+            self.resume_after_handoff();
             self.relay_turn();
             if self.shutdown_at.is_some() && self.clients.is_empty() {
                 info!(event = "stopped", "all clients gone; exiting");
@@ -348,6 +374,23 @@ impl Master {
                 return Ok(());
             }
         }
+    }
+
+    /// Frees the hand-off slots of children that have their own fd table
+    /// or are gone (see `handoff`).
+    pub(super) fn release_handoffs(&mut self) {
+        let Some(h) = self.handoff.as_mut().filter(|h| h.busy()) else {
+            return;
+        };
+        let (clients, region) = (&self.clients, self.region);
+        h.release(|slot| {
+            clients.get(slot).is_none_or(|c| c.reaped)
+                || region
+                    .slot_header(slot)
+                    .own_fds
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    != 0
+        });
     }
 
     fn dispatch(&mut self, token: u64, flags: EpollFlags) -> Result<()> {
@@ -695,6 +738,7 @@ impl Master {
         }
         self.relay_check_stall(now);
         self.trim_if_quiet(now);
+        self.sum_up_if_due(now);
         self.resume_accepting(now);
         self.notify_tick(now);
         let fast = self.shutdown_at.is_some()

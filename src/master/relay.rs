@@ -468,11 +468,9 @@ impl Master {
             }
             Request::Ask(Ask::Join) => {
                 if !in_room {
-                    let c = self.clients.get_mut(slot).unwrap();
-                    c.in_room = true;
-                    c.registered = true;
-                    self.relay
-                        .emit(id, Event::new(Kind::Join, &nick_now, "").encode());
+                    self.clients.set_in_room(slot, true);
+                    self.clients.get_mut(slot).unwrap().registered = true;
+                    self.announce(id, Event::new(Kind::Join, &nick_now, "").encode(), true);
                     self.save_client(slot);
                 }
                 let nicks = self.clients.nicks_in_room().join(" ");
@@ -481,11 +479,14 @@ impl Master {
             }
             Request::Ask(Ask::Part(reason)) => {
                 if in_room {
-                    self.clients.get_mut(slot).unwrap().in_room = false;
+                    self.clients.set_in_room(slot, false);
                     self.save_client(slot);
                     // To everyone, the client too: it sees its own part.
-                    self.relay
-                        .emit(0, Event::new(Kind::Part, &nick_now, &reason).encode());
+                    self.announce(
+                        0,
+                        Event::new(Kind::Part, &nick_now, &reason).encode(),
+                        false,
+                    );
                 }
             }
             Request::Ask(Ask::Private {
@@ -523,16 +524,19 @@ impl Master {
     /// Like [`Master::leave`], with `notice` (an encoded event) for the
     /// room instead of a Quit: a kick.
     pub(super) fn leave_with(&mut self, slot: usize, reason: &str, notice: Option<Vec<u8>>) {
-        let Some(c) = self.clients.get_mut(slot) else {
-            return;
-        };
-        if c.leaving.is_some() {
+        if !self.clients.set_leaving(slot, reason) {
             return;
         }
-        c.leaving = Some(reason.to_string());
+        let c = self.clients.get(slot).unwrap();
         if self.shutdown_at.is_none() && c.in_room {
-            let ev = notice.unwrap_or_else(|| Event::new(Kind::Quit, &c.nick, reason).encode());
-            self.relay.emit(0, ev);
+            match notice {
+                // A kick is announced whatever the room's size.
+                Some(ev) => self.relay.emit(0, ev),
+                None => {
+                    let ev = Event::new(Kind::Quit, &c.nick, reason).encode();
+                    self.announce(0, ev, false);
+                }
+            }
         }
     }
 
@@ -553,6 +557,8 @@ impl Master {
         }
         self.account_child(slot, true);
         let c = self.clients.remove(slot).unwrap();
+        // Best effort: a slot that keeps its pages is only memory.
+        let _ = self.region.release_slot(slot);
         if c.ctl_open {
             let _ = self.epoll.delete(&c.ctl);
         }

@@ -20,7 +20,7 @@ use nix::sys::socket::{setsockopt, socketpair, sockopt, AddressFamily, SockFlag,
 use nix::unistd::{ForkResult, Pid};
 use std::io::{ErrorKind, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -38,6 +38,12 @@ const KEEPALIVE_PROBES: u32 = 3;
 impl Master {
     pub(super) fn accept_all(&mut self, idx: usize) {
         for _ in 0..ACCEPT_BATCH {
+            if !self.handoff_free() {
+                // Every hand-off slot holds a child that has not run yet:
+                // let them run before forking more (the connections wait
+                // in the backlog), instead of forking the slow way.
+                return self.wait_for_handoff();
+            }
             let Some((l, service)) = self.listeners.get(idx) else {
                 return;
             };
@@ -95,12 +101,53 @@ impl Master {
         self.accept_paused_until = Some(std::time::Instant::now() + ACCEPT_PAUSE);
     }
 
+    /// Whether a hand-off slot is free (or there are none to wait for).
+    fn handoff_free(&mut self) -> bool {
+        if self.handoff.as_ref().is_none_or(|h| h.free()) {
+            return true;
+        }
+        self.release_handoffs();
+        self.handoff.as_ref().is_none_or(|h| h.free())
+    }
+
+    /// Stops polling the listeners until a hand-off slot is free (checked
+    /// every millisecond by the loop while slots are taken).
+    fn wait_for_handoff(&mut self) {
+        if self.accept_waiting {
+            return;
+        }
+        self.accept_waiting = true;
+        for (l, _) in &self.listeners {
+            let _ = self
+                .epoll
+                .modify(l, &mut EpollEvent::new(EpollFlags::empty(), 0));
+        }
+    }
+
+    /// Polls the listeners again once a hand-off slot is free.
+    pub(super) fn resume_after_handoff(&mut self) {
+        if !self.accept_waiting || !self.handoff.as_ref().is_none_or(|h| h.free()) {
+            return;
+        }
+        self.accept_waiting = false;
+        if self.accept_paused_until.is_some() {
+            return; // resume_accepting will
+        }
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
+            let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, super::TOKEN_LISTEN + i as u64);
+            let _ = self.epoll.modify(l, &mut ev);
+        }
+    }
+
     /// Polls the listeners again once the pause is over (from the tick).
     pub(super) fn resume_accepting(&mut self, now: std::time::Instant) {
         if self.accept_paused_until.is_none_or(|t| now < t) {
             return;
         }
         self.accept_paused_until = None;
+        if self.accept_waiting {
+            return; // resume_after_handoff will
+        }
         for (i, (l, _)) in self.listeners.iter().enumerate() {
             let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, super::TOKEN_LISTEN + i as u64);
             let _ = self.epoll.modify(l, &mut ev);
@@ -256,6 +303,7 @@ impl Master {
             }
         };
         self.region.slot_header(slot).ready_ns.store(0, SeqCst);
+        self.region.slot_header(slot).own_fds.store(0, SeqCst);
         let online = self.clients.in_room() + 1;
         // The greeting waits in the child's control socket before the fork:
         // it comes before anything else the child reads there or relays, and
@@ -326,18 +374,62 @@ impl Master {
             live_from,
             started,
         };
+        // The sockets at low fd numbers, for a fork that shares the fd table
+        // (see super::handoff); else a plain fork.
+        let cut = self.handoff.as_ref().map_or(0, |h| h.cut());
+        let pair = self
+            .handoff
+            .as_mut()
+            .and_then(|h| h.place(slot, stream.as_fd(), theirs.as_fd()));
         // SAFETY: the master is single-threaded (fork_bare's contract); the
         // child only runs `child::setup` and `child::run` and leaves through
-        // `_exit`, never returning into the master's code.
-        let forked = match unsafe { fork_bare() } {
+        // `_exit`, never returning into the master's code. Sharing the fd
+        // table: the child touches no fd before it has its own.
+        let forked = match unsafe { fork_bare(pair.is_some()) } {
             Ok(f) => f,
-            Err(e) => return Err((e.into(), stream)),
+            Err(e) => {
+                if let Some(h) = self.handoff.as_mut() {
+                    h.release(|s| s == slot);
+                }
+                return Err((e.into(), stream));
+            }
         };
+        if !matches!(forked, ForkResult::Child) {
+            match pair {
+                Some(_) => self.stats.forks_shared += 1,
+                None => self.stats.forks_copied += 1,
+            }
+        }
         match forked {
             ForkResult::Child => {
+                let (stream, theirs) = match pair {
+                    None => (stream, theirs),
+                    Some(p) => {
+                        // First of all: a table of its own, without the
+                        // master's thousands of fds.
+                        child::setup::own_fd_table(cut);
+                        // The originals are not in this table; the pair's
+                        // copies are this child's.
+                        std::mem::forget(stream);
+                        std::mem::forget(theirs);
+                        // SAFETY: the pair's fds are open in this table and
+                        // nothing else here refers to them.
+                        unsafe {
+                            (
+                                TcpStream::from_raw_fd(p.client),
+                                OwnedFd::from_raw_fd(p.ctl),
+                            )
+                        }
+                    }
+                };
                 // Before anything allocates: the arena is not mapped here.
                 crate::arena::leave();
                 let (region, own) = child::setup::confine_memory(self.region, slot, spec.max_sendq);
+                // Told through the slot at its new place (a write at the old
+                // one would cost a page-table page).
+                if pair.is_some() {
+                    region.slot_header(slot).own_fds.store(1, SeqCst);
+                }
                 let jail = child::setup::Jail {
                     master: self.pid,
                     filter: &self.child_filter,
@@ -415,8 +507,7 @@ impl Master {
                     Arrival::Resume { .. } => false,
                 };
                 if joins {
-                    self.relay
-                        .emit(id, Event::new(Kind::Join, &nick, "").encode());
+                    self.announce(id, Event::new(Kind::Join, &nick, "").encode(), true);
                 }
                 Ok(())
             }
@@ -448,14 +539,23 @@ impl Master {
 /// # Safety
 /// The caller must be single-threaded, and the child must not return into
 /// code that assumes it is the parent (chatd's child ends in `_exit`).
-unsafe fn fork_bare() -> nix::Result<ForkResult> {
-    // SAFETY: clone with only SIGCHLD is fork(2): a new process with a copy
-    // of this one's memory, continuing on its own copy of this stack (the
-    // null stack argument). No lock is held (single-threaded, by contract).
+///
+/// With `share_fds` the child shares this process's fd table
+/// (`CLONE_FILES`) until it takes one of its own (`super::handoff`): it must
+/// touch no fd before.
+unsafe fn fork_bare(share_fds: bool) -> nix::Result<ForkResult> {
+    let flags = match share_fds {
+        true => libc::SIGCHLD | libc::CLONE_FILES,
+        false => libc::SIGCHLD,
+    };
+    // SAFETY: clone with SIGCHLD (and CLONE_FILES) is fork(2): a new process
+    // with a copy of this one's memory, continuing on its own copy of this
+    // stack (the null stack argument). No lock is held (single-threaded, by
+    // contract).
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
+            flags as libc::c_ulong,
             0usize,
             0usize,
             0usize,

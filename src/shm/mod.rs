@@ -49,7 +49,9 @@ pub mod ring;
 mod words;
 
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use nix::sys::mman::{mmap, mmap_anonymous, mremap, munmap, MRemapFlags, MapFlags, ProtFlags};
+use nix::sys::mman::{
+    madvise, mmap, mmap_anonymous, mremap, munmap, MRemapFlags, MapFlags, MmapAdvise, ProtFlags,
+};
 use std::ffi::c_void;
 use std::fs::File;
 use std::io;
@@ -125,6 +127,9 @@ pub struct SlotHeader {
     /// Nanoseconds from accept until the child was ready to serve (its
     /// confinement done); 0 until then. For the metrics' histogram.
     pub ready_ns: AtomicU64,
+    /// Non-zero once the child has a file descriptor table of its own (see
+    /// `master::handoff`): the master may reuse the fds it handed over.
+    pub own_fds: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= PAGE);
@@ -399,6 +404,29 @@ impl Region {
         unsafe { self.base.as_ptr().add(self.layout.slots_off + SLOT_SIZE) }
     }
 
+    /// Gives a free slot's pages back to the system (the master's view
+    /// only): the memfd's pages behind it are freed, and the slot reads as
+    /// zeros until its next owner writes it. Without this, every slot ever
+    /// used would keep its pages (and the master its mapping of them) after
+    /// a crowd has left.
+    pub fn release_slot(&self, slot: usize) -> io::Result<()> {
+        assert!(self.own.is_none(), "a child never releases a slot");
+        let r = self.layout.slot_range(slot);
+        // SAFETY: the range is one page-aligned slot inside the mapping; the
+        // caller (the master, freeing the slot) has no reference into it, no
+        // child maps it any more (its owner was reaped, and other children
+        // unmapped it at start), and every later access goes through atomics
+        // that read the zeros MADV_REMOVE leaves.
+        unsafe {
+            madvise(
+                NonNull::new(self.base.as_ptr().add(r.start) as *mut c_void).expect("non-null"),
+                SLOT_SIZE,
+                MmapAdvise::MADV_REMOVE,
+            )
+        }
+        .map_err(io::Error::from)
+    }
+
     /// The address of byte `off` of the mapping, for the fault tests.
     #[cfg(feature = "fault-injection")]
     pub fn raw_ptr(&self, off: usize) -> *mut u8 {
@@ -429,6 +457,23 @@ mod tests {
     fn region_is_block_aligned() {
         let r = Region::create(3).unwrap();
         assert_eq!(r.header() as *const Header as usize % BLOCK, 0);
+    }
+
+    #[test]
+    fn a_released_slot_reads_zero_and_keeps_its_control_words() {
+        let r = Region::create(3).unwrap();
+        r.slot_header(1).head.store(77, Relaxed);
+        r.ring(1)[5].store(5, Relaxed);
+        r.slot_header(2).head.store(99, Relaxed);
+        r.control(1).gen.store(4, Relaxed);
+        r.release_slot(1).unwrap();
+        assert_eq!(r.slot_header(1).head.load(Relaxed), 0);
+        assert_eq!(r.ring(1)[5].load(Relaxed), 0);
+        assert_eq!(r.slot_header(2).head.load(Relaxed), 99);
+        assert_eq!(r.control(1).gen.load(Relaxed), 4);
+        // Usable again.
+        r.slot_header(1).head.store(1, Relaxed);
+        assert_eq!(r.slot_header(1).head.load(Relaxed), 1);
     }
 
     #[test]

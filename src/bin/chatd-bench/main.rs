@@ -19,6 +19,7 @@
 //!   floor of any fork-per-client round (printed by the suite);
 //! - `server`: starting the servers, and what /proc says about them.
 
+mod crowd;
 mod fanout;
 mod floor;
 mod marker;
@@ -64,7 +65,8 @@ struct Cli {
     /// Suite: leave the floor (a minimal one-process broadcast server) out.
     #[arg(long)]
     no_floor: bool,
-    /// Suite: also connect 4000 clients at once to chatd and chat among 100 of them.
+    /// Suite: also the crowd scenario (`chatd-bench crowd`) at 4000 and
+    /// 10000 clients.
     #[arg(long)]
     crowd: bool,
     /// Suite: seconds each sending phase may last.
@@ -168,6 +170,20 @@ enum Cmd {
     Memory {
         #[arg(short = 'n', long, default_value_t = 1000)]
         clients: usize,
+    },
+    /// N clients connecting C at a time, their memory at rest, 100 more
+    /// chatting among them, then all N leaving at once; first for
+    /// --baseline clients (the same run's reference), then for N.
+    Crowd {
+        #[arg(short = 'n', long, default_value_t = 10_000)]
+        clients: usize,
+        #[arg(short = 'c', long, default_value_t = 300)]
+        concurrency: usize,
+        /// A smaller crowd run first, for same-run ratios (0: none).
+        #[arg(long, default_value_t = 4000)]
+        baseline: usize,
+        #[arg(long, default_value_t = 4.0)]
+        max_secs: f64,
     },
     /// Rounds of mixed load with churn for SECS seconds against one chatd;
     /// fails unless nothing is lost and the master's PSS and fds stay flat.
@@ -285,6 +301,27 @@ fn main() -> Result<()> {
             out!("{}", wakes_json(&w))?;
             Ok(())
         }
+        Some(Cmd::Crowd {
+            clients,
+            concurrency,
+            baseline,
+            max_secs,
+        }) => {
+            let k = kind(&cli.target)?;
+            let sizes: Vec<usize> = [baseline, clients].into_iter().filter(|&n| n > 0).collect();
+            let mut runs = Vec::new();
+            for n in sizes {
+                eprintln!("crowd {n}: connecting {concurrency} at a time");
+                let s = Server::start(&k, n + 100)?;
+                let o = crowd::run(&s, n, concurrency, max_secs)?;
+                eprintln!("  {}", crowd_json(&o));
+                runs.push(o);
+            }
+            out!("{}", crowd_table(&runs).trim_end())?;
+            let all: Vec<Value> = runs.iter().map(crowd_json).collect();
+            out!("{}", json!(all))?;
+            Ok(())
+        }
         Some(Cmd::Memory { clients }) => {
             let k = kind(&cli.target)?;
             let s = Server::start(&k, clients)?;
@@ -292,6 +329,59 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn crowd_json(o: &crowd::CrowdOutcome) -> Value {
+    let chat = o.chat.as_ref();
+    let rate = chat.map_or(0.0, |c| c.rate().round());
+    // Every line reaches the whole room, not only the 100 who chat.
+    let room = (o.usable + 100) as f64;
+    json!({
+        "clients": o.clients, "concurrency": o.concurrency, "usable": o.usable,
+        "refused": o.refused, "closed": o.closed, "all_usable_ms": o.all_usable_ms.round(),
+        "per_client_kib": (o.kib_per_client() * 10.0).round() / 10.0,
+        "pss_mib": o.pss >> 20, "pte_mib": o.pte >> 20, "processes": o.processes,
+        "idle_master_kib": (o.idle_pss + o.idle_pte) >> 10,
+        "system_kib_per_client": (o.available_before.saturating_sub(o.available_with) as f64
+            / 1024.0 / o.clients.max(1) as f64).round(),
+        "deliveries_per_s": rate, "room_deliveries_per_s": (rate / 100.0 * room).round(),
+        "loss_pct": chat.map_or(100.0, |c| (c.loss_pct() * 100.0).round() / 100.0),
+        "duplicates": chat.map_or(0, |c| c.duplicates),
+        "closed_while_chatting": o.closed_while_chatting,
+        "leave_ms": o.leave_ms.map(f64::round), "idle_fds": o.idle_fds, "fds_after": o.fds_after,
+        "master_kib_after": (o.pss_after + o.pte_after) >> 10, "zombies": o.zombies,
+    })
+}
+
+fn crowd_table(runs: &[crowd::CrowdOutcome]) -> String {
+    let mut t = format!(
+        "{:<10} {:>9} {:>10} {:>9} {:>12} {:>14} {:>7} {:>9} {:>7}\n",
+        "clients",
+        "usable",
+        "all in ms",
+        "KiB/cl",
+        "deliv/s",
+        "room deliv/s",
+        "loss %",
+        "leave ms",
+        "zombies"
+    );
+    for o in runs {
+        let j = crowd_json(o);
+        t.push_str(&format!(
+            "{:<10} {:>9} {:>10} {:>9} {:>12} {:>14} {:>7} {:>9} {:>7}\n",
+            o.clients,
+            o.usable,
+            j["all_usable_ms"],
+            j["per_client_kib"],
+            j["deliveries_per_s"],
+            j["room_deliveries_per_s"],
+            j["loss_pct"],
+            j["leave_ms"],
+            o.zombies
+        ));
+    }
+    t
 }
 
 fn fanout_json(o: &Outcome) -> Value {
@@ -493,28 +583,14 @@ fn suite(cli: &Cli, nofile: u64) -> Result<()> {
         }
     }
     if cli.crowd {
-        eprintln!("crowd 4000: chatd");
-        let s = Server::start(&kinds[0], 4000)?;
-        let ((pss, pte, procs), idle) = storm::idle_memory(&s, 3900)?;
-        let spec = Spec {
-            clients: 100,
-            senders: 10,
-            messages: 100,
-            size: 64,
-            mode: Mode::Closed { window: 8 },
-            churners: 0,
-            max_secs: cli.max_secs,
-            irc: false,
-        };
-        let o = fanout::run(&s, &spec)?;
-        let mut v = fanout_json(&o);
-        v["processes"] = json!(procs);
-        // The idle ones (counted by their children) plus the chatting
-        // ones (each heard the start probe).
-        v["connected"] = json!(procs - 1 + spec.clients);
-        drop(idle);
-        v["tree_mib"] = json!((pss + pte) / (1 << 20));
-        results[0].insert("crowd 4000 (100 chatting)".into(), v);
+        for n in [4000, 10_000] {
+            eprintln!("crowd {n}: chatd");
+            let s = Server::start(&kinds[0], n + 100)?;
+            let o = crowd::run(&s, n, 300, cli.max_secs)?;
+            let v = crowd_json(&o);
+            eprintln!("  {v}");
+            results[0].insert(format!("crowd {n} C=300"), v);
+        }
     }
     print_table(&kinds, &results)?;
     if !cli.no_irc {
@@ -709,14 +785,36 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
     ("memory N=1000", "KiB/client PSS+PTE", "per_client_kib", 1),
     ("memory N=1000", "KiB/client PSS", "pss_per_client_kib", 1),
     ("memory N=1000", "KiB/client PTE", "pte_per_client_kib", 1),
-    ("crowd 4000 (100 chatting)", "connected", "connected", 0),
+    ("crowd 4000 C=300", "all usable ms", "all_usable_ms", 0),
     (
-        "crowd 4000 (100 chatting)",
-        "deliveries/s",
-        "deliveries_per_s",
+        "crowd 4000 C=300",
+        "KiB/client PSS+PTE",
+        "per_client_kib",
+        1,
+    ),
+    (
+        "crowd 4000 C=300",
+        "room deliveries/s",
+        "room_deliveries_per_s",
         0,
     ),
-    ("crowd 4000 (100 chatting)", "loss %", "loss_pct", 2),
+    ("crowd 4000 C=300", "loss %", "loss_pct", 2),
+    ("crowd 4000 C=300", "all gone ms", "leave_ms", 0),
+    ("crowd 10000 C=300", "all usable ms", "all_usable_ms", 0),
+    (
+        "crowd 10000 C=300",
+        "KiB/client PSS+PTE",
+        "per_client_kib",
+        1,
+    ),
+    (
+        "crowd 10000 C=300",
+        "room deliveries/s",
+        "room_deliveries_per_s",
+        0,
+    ),
+    ("crowd 10000 C=300", "loss %", "loss_pct", 2),
+    ("crowd 10000 C=300", "all gone ms", "leave_ms", 0),
     (
         "irc closed N=100 K=10 S=64 W=8",
         "deliveries/s",
