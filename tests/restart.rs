@@ -215,3 +215,44 @@ fn a_rejected_state_file_is_replaced_in_the_store() {
     alice.send("/who\n");
     alice.expect("1 online: guest-");
 }
+
+#[test]
+fn a_mute_outlasts_a_crash() {
+    let dir = TempDir::new();
+    let ctl = dir.0.join("control");
+    let chatctl = |args: &[&str]| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatctl"))
+            .arg("--socket")
+            .arg(&ctl)
+            .args(args)
+            .output()
+            .expect("chatctl");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let mut cfg = base_config();
+    cfg.insert("control_socket".into(), format!("\"{}\"", ctl.display()));
+    let store = FdStore::new(&render(&cfg));
+    let mut server = store.start();
+    let mut alice = line_client(&server, "alice");
+    let mut bob = line_client(&server, "bob");
+    assert_eq!(chatctl(&["mute", "bob", "--for", "1h"]), "muted bob\n");
+    alice.expect("* bob was muted by an operator for 1h");
+    wait_stored(&store, 2);
+    crash(&mut server);
+    let _server = store.start();
+    bob.expect("The server restarted");
+    alice.expect("The server restarted");
+    bob.send("am I still muted?\n");
+    bob.expect("you are muted: your line was not relayed");
+    // `who` shows the mute, and unmuting finds one to lift.
+    assert!(chatctl(&["who"])
+        .lines()
+        .any(|l| l.starts_with("bob") && l.contains("(muted, ")));
+    assert_eq!(chatctl(&["unmute", "bob"]), "unmuted bob\n");
+    bob.send("and now?\n");
+    let seen = alice.lines_until("<bob> and now?");
+    assert!(
+        !seen.iter().any(|l| l.contains("am I still muted")),
+        "{seen:?}"
+    );
+}

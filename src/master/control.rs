@@ -545,6 +545,8 @@ impl Master {
                 )
             }
         };
+        // Kept in the state file: a mute outlasts a restart.
+        self.save_client(slot);
         let personal = Event::new(Kind::Notice, "", &told).with_flags(event::NOTICE_PERSONAL);
         self.send_event(slot, personal);
         self.relay

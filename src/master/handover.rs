@@ -55,6 +55,7 @@ use std::collections::HashMap;
 use std::net::TcpStream;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::SeqCst;
+use std::time::Instant;
 use tracing::{info, warn};
 
 /// Every name chatd gives a stored fd starts with this.
@@ -152,6 +153,14 @@ impl Master {
             registered: c.registered,
             since: c.since_unix,
             nick: c.nick.clone(),
+            muted: c.muted.map(|until| match until {
+                None => 0,
+                // Rounded up, and never 0 (which means until unmuted).
+                Some(t) => {
+                    let left = t.saturating_duration_since(Instant::now());
+                    (super::control::unix_now() + left.as_secs() + 1).min(u32::MAX as u64) as u32
+                }
+            }),
         };
         k.state.put(slot, Some(&rec));
         k.state.set_next_serial(self.stats.connects);

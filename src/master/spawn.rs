@@ -463,6 +463,7 @@ impl Master {
                 if let Some(rec) = resumed {
                     (c.in_room, c.registered, c.since_unix) =
                         (rec.in_room, rec.registered, rec.since);
+                    c.muted = super::state::mute_from(rec.muted, super::control::unix_now());
                 } else if matches!(arrival, Arrival::Fresh) {
                     (c.in_room, c.registered) = (true, true);
                 }

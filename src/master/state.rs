@@ -14,7 +14,9 @@
 //!  header (64 B)   magic "chatdST1", version, capacity, next serial, 4 spare
 //!  record[slot]    sum, id, serial, flags, since, nick (3 words)
 //!                  flags: proto (bits 0-7), tls (8), in_room (9),
-//!                  registered (10), nick length (16-23)
+//!                  registered (10), muted (11), nick length (16-23),
+//!                  muted until (32-63: seconds since the epoch; 0:
+//!                  until unmuted)
 //! ```
 //!
 //! A record is valid when its checksum matches: a record the master was
@@ -57,6 +59,9 @@ pub struct Record {
     /// Seconds since the epoch when it connected.
     pub since: u64,
     pub nick: String,
+    /// Muted by an operator: until then (seconds since the epoch; 0: until
+    /// unmuted).
+    pub muted: Option<u32>,
 }
 
 /// What [`parse`] found.
@@ -80,6 +85,19 @@ pub enum Invalid {
     Version(u64),
     #[error("made for {0} slots, this chatd has {1}")]
     Capacity(u64, u64),
+}
+
+/// A record's mute as the master keeps it: Some(until when, or None:
+/// until unmuted); a mute that has run out by `now` (seconds since the
+/// epoch) is none.
+pub fn mute_from(muted: Option<u32>, now: u64) -> Option<Option<std::time::Instant>> {
+    match muted? {
+        0 => Some(None),
+        t if t as u64 > now => Some(Some(
+            std::time::Instant::now() + std::time::Duration::from_secs(t as u64 - now),
+        )),
+        _ => None,
+    }
 }
 
 /// Bytes of a state file for `capacity` slots.
@@ -109,7 +127,9 @@ fn encode(r: &Record) -> [u64; RECORD_WORDS] {
         | (r.tls as u64) << 8
         | (r.in_room as u64) << 9
         | (r.registered as u64) << 10
-        | (r.nick.len() as u64) << 16;
+        | (r.muted.is_some() as u64) << 11
+        | (r.nick.len() as u64) << 16
+        | (r.muted.unwrap_or(0) as u64) << 32;
     let mut nick = [0u8; NICK_WORDS * 8];
     nick[..r.nick.len()].copy_from_slice(r.nick.as_bytes());
     let mut w = [0u64; RECORD_WORDS];
@@ -135,7 +155,11 @@ fn decode(slot: usize, w: &[u64]) -> Option<Record> {
         _ => return None,
     };
     let len = (flags >> 16 & 0xff) as usize;
-    if flags & !0x00ff_07ff != 0 || len == 0 || len > MAX_NICK {
+    let muted = flags >> 11 & 1 == 1;
+    if flags & !0xffff_ffff_00ff_0fff != 0 || len == 0 || len > MAX_NICK {
+        return None;
+    }
+    if !muted && flags >> 32 != 0 {
         return None;
     }
     let bytes: Vec<u8> = w[5..5 + NICK_WORDS]
@@ -163,6 +187,7 @@ fn decode(slot: usize, w: &[u64]) -> Option<Record> {
         registered: flags >> 10 & 1 == 1,
         since: w[4],
         nick: nick.to_string(),
+        muted: muted.then_some((flags >> 32) as u32),
     })
 }
 
@@ -335,6 +360,7 @@ mod tests {
             registered: true,
             since: 1_800_000_000,
             nick: nick.into(),
+            muted: None,
         }
     }
 
@@ -349,14 +375,20 @@ mod tests {
     fn written_records_read_back() {
         let s = State::create(4).unwrap();
         s.set_next_serial(42);
+        let mut muted = rec(0, "mallory");
+        muted.muted = Some(1_900_000_000);
+        let mut for_good = rec(3, "guest-17");
+        for_good.muted = Some(0);
+        s.put(0, Some(&muted));
         s.put(1, Some(&rec(1, "alice")));
-        s.put(3, Some(&rec(3, "guest-17")));
+        s.put(3, Some(&for_good));
         s.put(2, Some(&rec(2, "bob")));
         s.put(2, None);
         let snap = parse(&bytes(&s), 4).unwrap();
         assert_eq!(snap.next_serial, 42);
-        assert_eq!(snap.records, vec![rec(1, "alice"), rec(3, "guest-17")]);
-        let rendered = render(4, 42, &[rec(1, "alice"), rec(3, "guest-17")]);
+        let all = vec![muted, rec(1, "alice"), for_good];
+        assert_eq!(snap.records, all);
+        let rendered = render(4, 42, &all);
         assert_eq!(rendered, bytes(&s));
         assert!(snap.broken.is_empty());
         let fd = s.fd().try_clone().unwrap();
@@ -391,7 +423,26 @@ mod tests {
         w = encode(&rec(0, "alice"));
         w[3] |= 1 << 40;
         w[0] = checksum(&w[1..]);
-        assert!(decode(0, &w).is_none());
+        assert!(
+            decode(0, &w).is_none(),
+            "a mute's time without the mute bit"
+        );
+        w[3] |= 1 << 11;
+        w[0] = checksum(&w[1..]);
+        assert_eq!(decode(0, &w).unwrap().muted, Some(1 << 8));
+        w[3] |= 1 << 12;
+        w[0] = checksum(&w[1..]);
+        assert!(decode(0, &w).is_none(), "an unknown flag");
+    }
+
+    #[test]
+    fn mutes_read_back_as_the_master_keeps_them() {
+        assert_eq!(mute_from(None, 100), None);
+        assert_eq!(mute_from(Some(0), 100), Some(None));
+        assert_eq!(mute_from(Some(100), 100), None, "run out");
+        let left = mute_from(Some(160), 100).unwrap().unwrap();
+        let secs = left.duration_since(std::time::Instant::now()).as_secs();
+        assert!((59..=60).contains(&secs), "{secs}");
     }
 
     #[test]

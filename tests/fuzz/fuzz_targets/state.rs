@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
             registered: c[3] & 8 != 0,
             since: c[2] as u64 * 1000,
             nick: NICKS[c[2] as usize % NICKS.len()].to_string(),
+            muted: (c[3] & 16 != 0).then_some(c[1] as u32 * 1000),
         });
     }
     records.sort_by_key(|r| r.slot);
