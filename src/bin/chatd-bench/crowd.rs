@@ -13,9 +13,10 @@
 
 use crate::fanout::{self, Mode, Outcome, Spec};
 use crate::server::{wait_until, Server};
+use crate::storm::{sockaddr, St};
 use anyhow::{bail, Result};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -67,21 +68,6 @@ impl CrowdOutcome {
     pub fn kib_per_client(&self) -> f64 {
         (self.pss + self.pte) as f64 / 1024.0 / self.clients.max(1) as f64
     }
-}
-
-fn sockaddr(addr: SocketAddr) -> SockaddrIn {
-    match addr {
-        SocketAddr::V4(a) => SockaddrIn::from(a),
-        SocketAddr::V6(_) => panic!("the benchmark uses IPv4 loopback"),
-    }
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum St {
-    Connecting,
-    Open,
-    Usable,
-    Dead,
 }
 
 /// The crowd's sockets, read by one epoll loop.

@@ -33,15 +33,16 @@ pub struct StormOutcome {
 pub const FAST: Duration = Duration::from_millis(500);
 const PATIENCE: Duration = Duration::from_secs(3);
 
+/// Where a benchmark connection is (the storm's and the crowd's).
 #[derive(Clone, Copy, PartialEq)]
-enum St {
+pub enum St {
     Connecting,
     Open,
     Usable,
     Dead,
 }
 
-fn sockaddr(addr: SocketAddr) -> SockaddrIn {
+pub fn sockaddr(addr: SocketAddr) -> SockaddrIn {
     match addr {
         SocketAddr::V4(a) => SockaddrIn::from(a),
         SocketAddr::V6(_) => panic!("the benchmark uses IPv4 loopback"),
