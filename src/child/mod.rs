@@ -124,6 +124,8 @@ enum Exit {
 
 struct Child {
     region: &'static Region,
+    /// This child's slot header (shared memory it alone writes).
+    mine: &'static crate::shm::SlotHeader,
     /// The client's protocol (line or IRC).
     session: Box<dyn Session>,
     /// What the session asked for, on its way into the ring.
@@ -203,6 +205,7 @@ pub fn run(
         readable: true,
         writable: true,
         region,
+        mine: region.slot_header(spec.slot),
         conn: Conn::plain(client),
         ctl,
         mailbox: None,
@@ -228,7 +231,7 @@ pub fn run(
             match child.replay_history() {
                 Ok(()) => {
                     let took = child.spec.started.elapsed().as_nanos() as u64;
-                    child.mine().ready_ns.store(took.max(1), Relaxed);
+                    child.mine.ready_ns.store(took.max(1), Relaxed);
                     child.run()
                 }
                 Err(e) => e,
@@ -267,11 +270,6 @@ impl Child {
         self.mailbox = Some(mailbox);
         self.handshake_by = Some(Instant::now() + self.spec.handshake_timeout);
         Ok(())
-    }
-
-    /// This child's slot header (shared memory it alone writes).
-    fn mine(&self) -> &'static crate::shm::SlotHeader {
-        self.region.slot_header(self.spec.slot)
     }
 
     /// Renders the room's recent lines (see `Spec::history`) after the
@@ -617,7 +615,7 @@ impl Child {
             Ok(n) => {
                 self.sent += n;
                 // Its own counter, written by this process alone.
-                let sent = &self.mine().sent;
+                let sent = &self.mine.sent;
                 sent.store(sent.load(Relaxed) + n as u64, Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable = false,

@@ -13,13 +13,12 @@
 
 use crate::fanout::{self, Mode, Outcome, Spec};
 use crate::server::{wait_until, Server};
-use crate::storm::{sockaddr, St};
+use crate::storm::{start_connect, St};
 use anyhow::{bail, Result};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{self, sockopt};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -138,24 +137,10 @@ impl Crowd {
         Ok((bytes, usable, closed))
     }
 
-    /// Starts one non-blocking connect as client `i`.
+    /// Starts one non-blocking connect as the next client.
     fn connect(&mut self, addr: SocketAddr) -> Result<bool> {
-        let i = self.socks.len();
-        let fd = socket::socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        let ok = match socket::connect(fd.as_raw_fd(), &sockaddr(addr)) {
-            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {
-                let flags = EpollFlags::EPOLLOUT | EpollFlags::EPOLLIN;
-                self.epoll.add(&fd, EpollEvent::new(flags, i as u64))?;
-                true
-            }
-            Err(_) => false,
-        };
-        self.socks.push(ok.then(|| TcpStream::from(fd)));
+        let (sock, ok) = start_connect(addr, &self.epoll, self.socks.len() as u64)?;
+        self.socks.push(ok.then_some(sock));
         self.st.push(if ok { St::Connecting } else { St::Dead });
         Ok(ok)
     }

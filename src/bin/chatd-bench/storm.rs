@@ -42,6 +42,27 @@ pub enum St {
     Dead,
 }
 
+/// A non-blocking connect to `addr`, watched by `epoll` (readable and
+/// writable) under `token`; false if it was refused at once. The socket
+/// comes back either way.
+pub fn start_connect(addr: SocketAddr, epoll: &Epoll, token: u64) -> Result<(TcpStream, bool)> {
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let ok = match socket::connect(fd.as_raw_fd(), &sockaddr(addr)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {
+            let flags = EpollFlags::EPOLLOUT | EpollFlags::EPOLLIN;
+            epoll.add(&fd, EpollEvent::new(flags, token))?;
+            true
+        }
+        Err(_) => false,
+    };
+    Ok((TcpStream::from(fd), ok))
+}
+
 pub fn sockaddr(addr: SocketAddr) -> SockaddrIn {
     match addr {
         SocketAddr::V4(a) => SockaddrIn::from(a),
@@ -72,25 +93,12 @@ pub fn storm(server: &Server, n: usize) -> Result<StormOutcome> {
     };
     let t0 = Instant::now();
     for (i, state) in st.iter_mut().enumerate() {
-        let fd = socket::socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        match socket::connect(fd.as_raw_fd(), &sockaddr(server.addr)) {
-            Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {
-                epoll.add(
-                    &fd,
-                    EpollEvent::new(EpollFlags::EPOLLOUT | EpollFlags::EPOLLIN, i as u64),
-                )?;
-            }
-            Err(_) => {
-                *state = St::Dead;
-                out.refused += 1;
-            }
+        let (sock, ok) = start_connect(server.addr, &epoll, i as u64)?;
+        if !ok {
+            *state = St::Dead;
+            out.refused += 1;
         }
-        fds.push(Stream::new(TcpStream::from(fd)));
+        fds.push(Stream::new(sock));
     }
     let mut events = vec![EpollEvent::empty(); 1024];
     let mut buf = vec![0u8; 16 * 1024];
