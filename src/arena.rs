@@ -59,11 +59,20 @@ struct Grow {
     heap: Span,
     /// The whole reservation.
     limit: Span,
+    /// Never grow (while [`give_back_free`] probes for free space).
+    frozen: bool,
 }
 
 impl OomHandler for Grow {
     fn handle_oom(talc: &mut Talc<Self>, layout: std::alloc::Layout) -> Result<(), ()> {
-        let Grow { heap, limit } = talc.oom_handler;
+        let Grow {
+            heap,
+            limit,
+            frozen,
+        } = talc.oom_handler;
+        if frozen {
+            return Err(());
+        }
         let want = (layout.size() + layout.align()).next_multiple_of(GROW_STEP);
         let new = heap.extend(0, want).fit_within(limit);
         if heap.is_empty() || new == heap {
@@ -283,6 +292,7 @@ fn use_arena(
         heap.write(Heap(Talc::new(Grow {
             heap: Span::empty(),
             limit,
+            frozen: false,
         })))
     };
     // SAFETY: the Heap was just written and nobody else has it yet.
@@ -405,6 +415,82 @@ pub fn give_back() {
     };
 }
 
+/// Largest and smallest free span [`give_back_free`] takes in one piece.
+const PROBE_MAX: usize = 16 << 20;
+const PROBE_MIN: usize = 2 * PAGE;
+
+/// In the master, once a crowd has left (`Master::trim_if_quiet`): gives
+/// the pages of the free space *inside* talc's heap back to the kernel
+/// (`MADV_DONTNEED`), as [`give_back`] does for the space at its top.
+/// What ten thousand clients left behind (their `Client` records, names,
+/// the grown tables) is free space between live blocks, which talc keeps
+/// resident; without this the master would keep its high-water mark.
+///
+/// talc has no way to list its free spans, so this finds them with its
+/// public calls: with growth switched off it allocates page-aligned
+/// blocks, largest first, until none fits; the pages of each block are
+/// given back while it is held; then all are freed. talc never reads the
+/// inside of a block it handed out, and freeing writes only its records,
+/// which lie outside the pages given back (the word after each block
+/// holds the link to the next, on the page talc's own tag shares).
+/// Returns the bytes given back.
+pub fn give_back_free() -> usize {
+    give_back();
+    let r = route();
+    // SAFETY: one use of talc for this call, as `talc` requires; nothing
+    // allocates while it is held (the list of blocks lives in the blocks).
+    let Some(t) = (unsafe { talc(r.heap) }) else {
+        return 0;
+    };
+    t.oom_handler.frozen = true;
+    // Each block is `size` bytes of whole pages and a trailer: the next
+    // block in the list and its own size.
+    const TRAILER: usize = 16;
+    let mut list: *mut u8 = std::ptr::null_mut();
+    let (mut size, mut given) = (PROBE_MAX, 0);
+    while size >= PROBE_MIN {
+        let layout = Layout::from_size_align(size + TRAILER, PAGE).expect("valid layout");
+        // SAFETY: a non-zero size.
+        let Ok(p) = (unsafe { t.malloc(layout) }) else {
+            size /= 2; // nothing of this size is free (any more)
+            continue;
+        };
+        let p = p.as_ptr();
+        // SAFETY: the trailer is the block's last 16 bytes, past the pages
+        // given back, on the page that talc's tag after the block shares.
+        let trailer = unsafe { p.add(size) };
+        // SAFETY: as above, inside the block.
+        unsafe {
+            trailer.cast::<*mut u8>().write_unaligned(list);
+            trailer.add(8).cast::<usize>().write_unaligned(size);
+        }
+        list = trailer;
+        // SAFETY: [p, p + size) is page-aligned and inside the block just
+        // allocated, which nothing reads until it is freed below.
+        let _ = unsafe {
+            nix::sys::mman::madvise(
+                NonNull::new_unchecked(p.cast()),
+                size,
+                nix::sys::mman::MmapAdvise::MADV_DONTNEED,
+            )
+        };
+        given += size;
+    }
+    while !list.is_null() {
+        // SAFETY: `list` is the trailer of a block allocated above, with
+        // the size it was allocated with; the block starts `size` before.
+        unsafe {
+            let trailer = list;
+            list = trailer.cast::<*mut u8>().read_unaligned();
+            let size = trailer.add(8).cast::<usize>().read_unaligned();
+            let layout = Layout::from_size_align_unchecked(size + TRAILER, PAGE);
+            t.free(NonNull::new_unchecked(trailer.sub(size)), layout);
+        }
+    }
+    t.oom_handler.frozen = false;
+    given
+}
+
 /// In a child, as the last step of its set-up: unmaps the system heap
 /// inherited from the master, and with it the heap's page-table page and
 /// every heap page the master writes after the fork (its log-line buffer,
@@ -437,4 +523,72 @@ pub fn drop_system_heap() -> Result<usize, nix::Error> {
     // (see above; the allocator refuses system calls once no_system is set).
     unsafe { nix::sys::mman::munmap(start, len) }?;
     Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `[base, base + len)` in memory (`mincore`).
+    fn resident(base: usize, len: usize) -> usize {
+        let mut v = vec![0u8; len / PAGE];
+        // SAFETY: a page-aligned range of this thread's arena mapping;
+        // mincore only writes the vector, one byte per page.
+        let rc = unsafe { libc::mincore(base as *mut libc::c_void, len, v.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        v.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    /// A block of `layout` from this thread's arena, filled with `fill`.
+    fn alloc(layout: Layout, fill: u8) -> *mut u8 {
+        // SAFETY: the test's layouts are not zero-sized.
+        let p = unsafe { Global.alloc(layout) };
+        assert!(route().owns(p), "from the arena");
+        // SAFETY: a fresh block of layout.size() bytes.
+        unsafe { p.write_bytes(fill, layout.size()) };
+        p
+    }
+
+    /// Frees a block from [`alloc`] after checking it still holds `fill`.
+    fn free(p: *mut u8, layout: Layout, fill: u8) {
+        // SAFETY: a live block of layout.size() bytes, from `alloc`.
+        let b = unsafe { std::slice::from_raw_parts(p, layout.size()) };
+        assert!(b.iter().all(|&x| x == fill), "block intact");
+        // SAFETY: allocated by `alloc` with this layout, freed once.
+        unsafe { Global.dealloc(p, layout) };
+    }
+
+    #[test]
+    fn free_space_inside_the_heap_is_given_back_and_reused() {
+        // The route is per thread: this test's arena is its own.
+        use_arena(64 << 20, MASTER_FIRST, false, None).unwrap();
+        let base = route().base;
+        let small = Layout::from_size_align(400, 8).unwrap();
+        let blocks: Vec<*mut u8> = (0..20_000).map(|i| alloc(small, i as u8)).collect();
+        // One block above them stays: the free space is not at the top.
+        let keep = alloc(small, 0xab);
+        let before = resident(base, 64 << 20);
+        for (i, &p) in blocks.iter().enumerate() {
+            if i % 1000 != 0 {
+                free(p, small, i as u8);
+            }
+        }
+        let given = give_back_free();
+        let after = resident(base, 64 << 20);
+        assert!(given >= 6 << 20, "gave back {given} bytes");
+        assert!(
+            before - after >= (6 << 20) / PAGE,
+            "resident pages {before} -> {after}"
+        );
+        // The heap works on, and what was live is intact (checked as freed).
+        let again: Vec<*mut u8> = (0..20_000).map(|_| alloc(small, 7)).collect();
+        for p in again {
+            free(p, small, 7);
+        }
+        for (i, &p) in blocks.iter().enumerate().step_by(1000) {
+            free(p, small, i as u8);
+        }
+        free(keep, small, 0xab);
+        set_route(|r| *r = NO_ARENA);
+    }
 }

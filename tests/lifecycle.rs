@@ -231,3 +231,60 @@ fn listens_on_ipv4_and_ipv6_with_keepalive_armed() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("keepalive"), "no keepalive timer: {text}");
 }
+
+/// The master's private memory and its part of the shared region, in KiB:
+/// `Anonymous` and `Pss_Shmem` of /proc/PID/smaps_rollup (readable by
+/// root only: the master is not dumpable).
+fn master_memory(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("Anonymous:")?, field("Pss_Shmem:")?))
+}
+
+#[test]
+fn a_crowd_that_left_gives_its_memory_back() {
+    if !have_root("a_crowd_that_left_gives_its_memory_back") {
+        return;
+    }
+    let server = Server::start(&[("max_clients", "400")]);
+    let pid = server.pid();
+    // The idle figure: after one client came and went, as the master
+    // finishes setting up once it serves one.
+    drop(server.join());
+    wait_for(TIMEOUT, || server.children().is_empty().then_some(())).expect("child gone");
+    let (anon0, shm0) = master_memory(pid).expect("smaps_rollup");
+    let mut crowd: Vec<Client> = (0..300).map(|_| server.join().0).collect();
+    let line = format!("{}\n", "x".repeat(200));
+    for c in &mut crowd {
+        c.send(&line);
+    }
+    // The last line relayed: everyone's is in the log.
+    crowd[0].expect(&format!("> {}", "x".repeat(200)));
+    let n = server.children().len();
+    assert_eq!(n, 300, "every client has its child");
+    let (anon1, shm1) = master_memory(pid).unwrap();
+    // What the test can see go back: 300 client records and tables in
+    // the master's heap; slots, control words and log in the region.
+    assert!(anon1 >= anon0 + 100, "anonymous {anon0} -> {anon1} KiB");
+    assert!(shm1 >= shm0 + 400, "shared {shm0} -> {shm1} KiB");
+    drop(crowd);
+    let back = wait_for(Duration::from_secs(10), || {
+        let (anon, shm) = master_memory(pid)?;
+        (server.children().is_empty() && anon <= anon0 + 32 && shm <= shm0 + 48).then_some(())
+    });
+    let (anon2, shm2) = master_memory(pid).unwrap();
+    assert!(
+        back.is_some(),
+        "idle: {anon0} + {shm0} KiB, with 300 clients: {anon1} + {shm1}, \
+         after they left: {anon2} + {shm2}"
+    );
+    // The master carries on: a newcomer is served and sees the room's
+    // recent lines (kept in the log).
+    let (mut c, _) = server.join();
+    c.expect(&format!("> {}", "x".repeat(200)));
+    c.send("/who\n");
+    c.expect("* 1 online:");
+}

@@ -2,11 +2,13 @@
 //!
 //! A slot is allocated when a child is forked and freed only after the child
 //! has been reaped *and* everything it left in its ring has been relayed.
-//! Every allocation bumps the slot's generation, and clients are named by
+//! Every allocation takes a new generation (one counter for all slots, in
+//! the region's header: `Region::next_gen`), and clients are named by
 //! `id = generation << 32 | slot`, so nothing that refers to a previous
 //! owner (an epoll token, a log entry's origin) can match the new one.
 
 use crate::protocol::{nick, Proto, Service};
+use crate::shm::CONTROL_PER_PAGE;
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -96,7 +98,16 @@ pub struct Clients {
     /// [`Clients::remove`], [`Clients::set_in_room`] and
     /// [`Clients::set_leaving`], so that a join costs O(1), not O(N).
     in_room: usize,
+    /// Most slots in use at once since the last [`Clients::shrink`].
+    peak: usize,
+    /// Per page of slot control words in the shared region: a slot on it
+    /// was taken since the page was last given back.
+    control_used: Vec<bool>,
 }
+
+/// A room that shrank by at least this many clients (and by half) gives
+/// memory back ([`Clients::emptied`]).
+const SHRUNK_BY: usize = 64;
 
 /// Normalises IPv4-mapped IPv6 addresses so per-IP limits see one address.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
@@ -116,7 +127,47 @@ impl Clients {
             nicks: HashMap::new(),
             per_ip: HashMap::new(),
             in_room: 0,
+            peak: 0,
+            control_used: vec![false; capacity.div_ceil(CONTROL_PER_PAGE)],
         }
+    }
+
+    /// Whether the room has at most half the clients it had at its
+    /// largest since the last [`Clients::shrink`], and [`SHRUNK_BY`] fewer:
+    /// a crowd has left, and what it took should be given back.
+    pub fn emptied(&self) -> bool {
+        let now = self.live.len();
+        now * 2 <= self.peak && self.peak - now >= SHRUNK_BY
+    }
+
+    /// Shrinks the tables to the clients there are now, and returns the
+    /// first slot of each page of control words that no slot on it has
+    /// used since (see `Region::release_control_page`), as given back.
+    pub fn shrink(&mut self) -> Vec<usize> {
+        self.peak = self.live.len();
+        let room = |len: usize, cap: usize| cap > 4 * len.max(16);
+        if room(self.by_pid.len(), self.by_pid.capacity()) {
+            self.by_pid.shrink_to(2 * self.by_pid.len());
+        }
+        if room(self.nicks.len(), self.nicks.capacity()) {
+            self.nicks.shrink_to(2 * self.nicks.len());
+        }
+        if room(self.per_ip.len(), self.per_ip.capacity()) {
+            self.per_ip.shrink_to(2 * self.per_ip.len());
+        }
+        if room(self.live.len(), self.live.capacity()) {
+            self.live.shrink_to(2 * self.live.len());
+        }
+        let mut pages = Vec::new();
+        for (page, used) in self.control_used.iter_mut().enumerate() {
+            let first = page * CONTROL_PER_PAGE;
+            let end = (first + CONTROL_PER_PAGE).min(self.slots.len());
+            if *used && self.slots[first..end].iter().all(Option::is_none) {
+                *used = false;
+                pages.push(first);
+            }
+        }
+        pages
     }
 
     /// Slots in use (connected or still being cleaned up).
@@ -188,7 +239,9 @@ impl Clients {
 
     /// Takes a free slot, if any.
     pub fn take_slot(&mut self) -> Option<usize> {
-        self.free.pop()
+        let slot = self.free.pop()?;
+        self.control_used[slot / CONTROL_PER_PAGE] = true;
+        Some(slot)
     }
 
     /// Takes this free slot (a client taken over after a restart keeps its
@@ -197,6 +250,7 @@ impl Clients {
         match self.free.iter().rposition(|&s| s == slot) {
             Some(i) => {
                 self.free.remove(i);
+                self.control_used[slot / CONTROL_PER_PAGE] = true;
                 true
             }
             None => false,
@@ -219,6 +273,7 @@ impl Clients {
         assert!(self.slots[slot].is_none());
         c.live_idx = self.live.len();
         self.live.push(slot);
+        self.peak = self.peak.max(self.live.len());
         self.by_pid.insert(c.pid, slot);
         self.nicks.insert(nick::fold(&c.nick), slot);
         *self.per_ip.entry(canonical_ip(c.peer.ip())).or_insert(0) += 1;

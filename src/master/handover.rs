@@ -372,6 +372,9 @@ impl Master {
         let head = self.relay.publish();
         let ctl = self.region.control(slot);
         let hdr = self.region.slot_header(slot);
+        // A fresh region (the previous one was lost) counts generations
+        // from zero: never hand this client's again.
+        self.region.header().last_gen.fetch_max(id >> 32, SeqCst);
         let cur = hdr.cursor.load(SeqCst);
         let bad_cursor = cur > head || head - cur > crate::shm::LOG_BYTES as u64 || cur % 8 != 0;
         if bad_cursor || ctl.evicted.load(SeqCst) != 0 || ctl.gen.load(SeqCst) != id >> 32 {

@@ -17,6 +17,7 @@ pub mod crowd;
 pub mod handoff;
 pub mod handover;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod relay;

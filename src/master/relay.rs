@@ -149,6 +149,16 @@ impl Relay {
     /// there) holds it. Positions from a previous master's header are
     /// checked like any: ascending, aligned, within the log's last lap.
     pub fn history(&mut self, want: usize, out: &mut [u64; HISTORY_MAX]) -> usize {
+        let n = self.recent(want, out);
+        if n > 0 && out[0] < self.log.tail() {
+            self.log.set_tail(out[0]);
+        }
+        n
+    }
+
+    /// The positions of the last `want` chat lines the log still holds
+    /// (see [`Relay::history`]), without touching the tail.
+    fn recent(&self, want: usize, out: &mut [u64; HISTORY_MAX]) -> usize {
         let head = self.log.head();
         let count = self.history.count.load(Relaxed);
         let take = (want.min(HISTORY_MAX) as u64).min(count);
@@ -170,10 +180,35 @@ impl Relay {
             n += 1;
             last = Some(pos);
         }
-        if n > 0 && out[0] < self.log.tail() {
-            self.log.set_tail(out[0]);
-        }
         n
+    }
+
+    /// The log positions `[from, to)` that nothing will read before the
+    /// master writes them again: everything outside what the readers have
+    /// still to read (from the tail, as last set) and the recent lines a
+    /// newcomer may be given (all [`HISTORY_MAX`] the header records,
+    /// whatever `history_lines` says now), up to the head. For
+    /// `Region::release_log`.
+    pub fn unused_log(&self) -> (u64, u64) {
+        let mut recent = [0u64; HISTORY_MAX];
+        let n = self.recent(HISTORY_MAX, &mut recent);
+        let head = self.log.head();
+        let mut keep = self.log.tail();
+        if n > 0 {
+            keep = keep.min(recent[0]);
+        }
+        (head, keep + LOG_BYTES as u64)
+    }
+
+    /// Lets the queues' memory go once they are empty and much larger
+    /// than a quiet room needs (after a crowd).
+    pub fn shrink(&mut self) {
+        if self.pending.is_empty() {
+            self.pending.shrink_to(16);
+        }
+        if self.ready.is_empty() {
+            self.ready.shrink_to(64);
+        }
     }
 
     pub fn mark_ready(&mut self, clients: &mut super::clients::Clients, slot: usize) {
@@ -675,6 +710,7 @@ impl Master {
         r.trimmed = true;
         self.region.header().trim.fetch_add(1, Release);
         self.wake_children();
+        self.give_back_memory();
     }
 
     /// Wakes every child at once: one write to the shared eventfd, which

@@ -2,9 +2,9 @@
 //!
 //! The master checks the limits (`max_clients`, `max_per_ip`) before it
 //! forks, refusing with one final line. For an accepted client it takes a
-//! slot, bumps its generation, resets the slot's shared state, creates the
-//! control socketpair and forks; the child runs [`crate::child`], the master
-//! keeps only its end of the socketpair and posts the join notice.
+//! slot, gives it a new generation, resets the slot's shared state, creates
+//! the control socketpair and forks; the child runs [`crate::child`], the
+//! master keeps only its end of the socketpair and posts the join notice.
 
 use super::clients::new_client;
 use super::handover::Arrival;
@@ -272,7 +272,7 @@ impl Master {
             Some(rec) => (rec.id, rec.serial, rec.nick.clone()),
             None => {
                 let ctl = self.region.control(slot);
-                let gen = ctl.gen.load(SeqCst).wrapping_add(1) & 0xffff_ffff;
+                let gen = self.region.next_gen();
                 // The previous owner of the slot has been reaped: nobody
                 // else writes here.
                 ctl.gen.store(gen, SeqCst);

@@ -18,7 +18,7 @@
 //! ```text
 //!  offset 0         +--------------------------------------+
 //!                   | Header (one page): magic, sizes,     |  master writes
-//!                   | log_head, trim                       |
+//!                   | log_head, trim, history, last_gen    |
 //!  PAGE             +--------------------------------------+
 //!                   | SlotControl[max_slots], 64 B each:   |  master writes
 //!                   | gen, consumed (ring ack), evicted    |
@@ -87,6 +87,12 @@ pub struct Header {
     /// newcomers): the master's record, kept here so that it survives a
     /// restart with the log. A region of an older chatd has zeros here.
     pub history: History,
+    /// The last generation handed to a slot's new owner ([`Region::next_gen`]):
+    /// one counter for all slots, so that the control words of free slots
+    /// can be given back (they read zero afterwards) without a client id
+    /// ever coming round again. A region of an older chatd has zero here
+    /// and its slots' own counters ([`Region::adopt`] takes their maximum).
+    pub last_gen: AtomicU64,
 }
 
 /// Most lines of history the master keeps track of (`history_lines`).
@@ -135,6 +141,9 @@ pub struct SlotHeader {
 const _: () = assert!(std::mem::size_of::<Header>() <= PAGE);
 const _: () = assert!(std::mem::size_of::<SlotControl>() == 64);
 const _: () = assert!(std::mem::size_of::<SlotHeader>() == 64);
+
+/// Slots whose control words share one page.
+pub const CONTROL_PER_PAGE: usize = PAGE / std::mem::size_of::<SlotControl>();
 
 /// Words of a slot's input ring.
 pub const RING_WORDS: usize = (SLOT_SIZE - std::mem::size_of::<SlotHeader>()) / 8;
@@ -242,7 +251,25 @@ impl Region {
             // is harmless and rare); nothing refers to it.
             return Err(bad("its header is not this layout's"));
         }
+        if h.last_gen.load(Relaxed) == 0 {
+            // An older chatd counted generations per slot.
+            let last = (0..max_slots).map(|s| region.control(s).gen.load(Relaxed));
+            h.last_gen.store(last.max().unwrap_or(0), Relaxed);
+        }
         Ok(region)
+    }
+
+    /// The generation for a slot's new owner (the master's view): 32 bits,
+    /// never 0 (client id 0 is nobody's), not used again for 2^32 - 1 new
+    /// clients.
+    pub fn next_gen(&self) -> u64 {
+        let h = self.header();
+        loop {
+            let gen = h.last_gen.fetch_add(1, Relaxed).wrapping_add(1) & 0xffff_ffff;
+            if gen != 0 {
+                return gen;
+            }
+        }
     }
 
     fn map(file: &File, layout: Layout) -> io::Result<Region> {
@@ -412,16 +439,97 @@ impl Region {
     pub fn release_slot(&self, slot: usize) -> io::Result<()> {
         assert!(self.own.is_none(), "a child never releases a slot");
         let r = self.layout.slot_range(slot);
-        // SAFETY: the range is one page-aligned slot inside the mapping; the
-        // caller (the master, freeing the slot) has no reference into it, no
-        // child maps it any more (its owner was reaped, and other children
-        // unmapped it at start), and every later access goes through atomics
-        // that read the zeros MADV_REMOVE leaves.
+        // SAFETY: one page-aligned slot inside the mapping; the caller (the
+        // master, freeing the slot) has no reference into it, no child maps
+        // it any more (its owner was reaped, and other children unmapped it
+        // at start), and every later access goes through atomics that read
+        // the zeros MADV_REMOVE leaves.
+        unsafe { self.remove_pages(r.start, SLOT_SIZE) }
+    }
+
+    /// Gives back the page of control words of the [`CONTROL_PER_PAGE`]
+    /// slots from `first` (the master's view, once none of them has an
+    /// owner): they read zero afterwards, which is what a new owner's
+    /// words start from (its generation comes from [`Region::next_gen`]).
+    pub fn release_control_page(&self, first: usize) -> io::Result<()> {
+        assert!(self.own.is_none(), "a child never releases control words");
+        assert!(first % CONTROL_PER_PAGE == 0 && first < self.layout.max_slots);
+        let off = self.layout.control_off + first * std::mem::size_of::<SlotControl>();
+        // SAFETY: one page-aligned page of the control array inside the
+        // mapping. Its slots have no owner: children only read their own
+        // slot's words, and the master reads these through atomics, which
+        // see the zeros MADV_REMOVE leaves.
+        unsafe { self.remove_pages(off, PAGE) }
+    }
+
+    /// Gives back the log's bytes at positions `[from, to)` (rounded inwards
+    /// to whole pages; at most one lap), which no reader may still read:
+    /// they read zero afterwards, and the master writes over them as over
+    /// any old entry.
+    pub fn release_log(&self, from: u64, to: u64) -> io::Result<()> {
+        assert!(self.own.is_none(), "a child never releases the log");
+        let lap = LOG_BYTES as u64;
+        let (from, to) = (
+            from.next_multiple_of(PAGE as u64),
+            to / PAGE as u64 * PAGE as u64,
+        );
+        if to <= from {
+            return Ok(());
+        }
+        assert!(to - from <= lap);
+        let (a, b) = ((from % lap) as usize, (to % lap) as usize);
+        let parts = if a < b || b == 0 {
+            [(a, if b == 0 { LOG_BYTES } else { b }), (0, 0)]
+        } else {
+            [(a, LOG_BYTES), (0, b)]
+        };
+        for (start, end) in parts {
+            if start < end {
+                // SAFETY: page-aligned and inside the log; per the caller,
+                // no reader reads there, and the master writes there only
+                // through atomics, which see the zeros MADV_REMOVE leaves.
+                unsafe { self.remove_pages(self.layout.log_off + start, end - start) }?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `MADV_REMOVE`: frees the memfd's pages behind `[off, off + len)`.
+    ///
+    /// # Safety
+    /// The range is page-aligned and inside the mapping, and nothing reads
+    /// it other than through atomics that accept zeros.
+    unsafe fn remove_pages(&self, off: usize, len: usize) -> io::Result<()> {
+        debug_assert!(off % PAGE == 0 && len % PAGE == 0 && off + len <= self.layout.len);
+        // SAFETY: per the contract.
         unsafe {
             madvise(
-                NonNull::new(self.base.as_ptr().add(r.start) as *mut c_void).expect("non-null"),
-                SLOT_SIZE,
+                NonNull::new(self.base.as_ptr().add(off) as *mut c_void).expect("non-null"),
+                len,
                 MmapAdvise::MADV_REMOVE,
+            )
+        }
+        .map_err(io::Error::from)
+    }
+
+    /// Drops the master's page-table entries for all slots (`MADV_DONTNEED`
+    /// on its shared mapping: the contents stay in the memfd, and the next
+    /// access maps them again). A kernel that reclaims empty page-table
+    /// pages (`CONFIG_PT_RECLAIM`) then frees those of every 2 MiB of slots
+    /// that nobody holds: after ten thousand clients have left, 320 KiB.
+    pub fn drop_slot_page_tables(&self) -> io::Result<()> {
+        assert!(self.own.is_none(), "a child keeps its view");
+        let (off, len) = (
+            self.layout.slots_off,
+            self.layout.len - self.layout.slots_off,
+        );
+        // SAFETY: page-aligned and inside the mapping; on a shared mapping
+        // DONTNEED changes no byte of it.
+        unsafe {
+            madvise(
+                NonNull::new(self.base.as_ptr().add(off) as *mut c_void).expect("non-null"),
+                len,
+                MmapAdvise::MADV_DONTNEED,
             )
         }
         .map_err(io::Error::from)
@@ -474,6 +582,91 @@ mod tests {
         // Usable again.
         r.slot_header(1).head.store(1, Relaxed);
         assert_eq!(r.slot_header(1).head.load(Relaxed), 1);
+    }
+
+    /// Whether the page at `off` of the region's memfd holds a page (not
+    /// a hole): `mincore` on the master's shared mapping.
+    fn resident(r: &Region, off: usize) -> bool {
+        let mut v = [0u8; 1];
+        // SAFETY: one page-aligned page inside the mapping; mincore only
+        // writes the vector.
+        let rc = unsafe { libc::mincore(r.base.as_ptr().add(off).cast(), PAGE, v.as_mut_ptr()) };
+        assert_eq!(rc, 0);
+        v[0] & 1 == 1
+    }
+
+    #[test]
+    fn a_released_control_page_reads_zero_and_generations_go_on() {
+        let r = Region::create(2 * CONTROL_PER_PAGE).unwrap();
+        let g1 = r.next_gen();
+        r.control(3).gen.store(g1, Relaxed);
+        r.control(3).consumed.store(9, Relaxed);
+        r.control(CONTROL_PER_PAGE).gen.store(r.next_gen(), Relaxed);
+        let page = r.layout.control_off;
+        assert!(resident(&r, page));
+        r.release_control_page(0).unwrap();
+        assert!(!resident(&r, page), "the page is given back");
+        assert_eq!(r.control(3).gen.load(Relaxed), 0);
+        assert_eq!(r.control(3).consumed.load(Relaxed), 0);
+        assert_eq!(r.control(CONTROL_PER_PAGE).gen.load(Relaxed), g1 + 1);
+        // A new owner of slot 3 gets a generation never handed out.
+        assert_eq!(r.next_gen(), g1 + 2);
+        // After 2^32 - 1 generations the count comes round, skipping 0.
+        r.header().last_gen.store(0xffff_ffff, Relaxed);
+        assert_eq!(r.next_gen(), 1);
+    }
+
+    #[test]
+    fn an_older_region_counts_generations_from_its_slots() {
+        let (r, fd) = Region::create_kept(3).unwrap();
+        r.control(1).gen.store(41, Relaxed);
+        r.control(2).gen.store(7, Relaxed);
+        let adopted = Region::adopt(fd, 3).unwrap();
+        assert_eq!(adopted.next_gen(), 42);
+    }
+
+    #[test]
+    fn the_log_gives_back_whole_pages_around_the_lap() {
+        let r = Region::create(1).unwrap();
+        let lap = LOG_BYTES as u64;
+        let page = PAGE as u64;
+        let at = |pos: u64| r.layout.log_off + (pos % lap) as usize / PAGE * PAGE;
+        for w in r.log() {
+            w.store(1, Relaxed);
+        }
+        // Keep [head - 3 pages - 8, head + 100): give back the rest of the
+        // lap, which wraps past the log's end.
+        let head = 5 * lap + 100;
+        let keep = head - 3 * page - 8;
+        r.release_log(head, keep + lap).unwrap();
+        let word = |pos: u64| r.log()[(pos % lap / 8) as usize].load(Relaxed);
+        assert_eq!(word(keep), 1, "partly kept pages stay");
+        assert_eq!(word(head), 1);
+        assert_eq!(word(head - 8), 1);
+        assert_eq!(
+            word(head.next_multiple_of(page)),
+            0,
+            "the next page is gone"
+        );
+        assert_eq!(
+            word(keep - 8),
+            1,
+            "the page holding keep - 8 also holds keep"
+        );
+        assert_eq!(word(keep / page * page - 8), 0);
+        assert!(!resident(&r, at(head + lap / 2)));
+        assert!(resident(&r, at(keep)));
+        // Nothing to give back: nothing changes.
+        r.release_log(head, head).unwrap();
+        assert_eq!(word(head), 1);
+    }
+
+    #[test]
+    fn dropping_the_slots_page_tables_keeps_their_contents() {
+        let r = Region::create(3).unwrap();
+        r.ring(2)[9].store(99, Relaxed);
+        r.drop_slot_page_tables().unwrap();
+        assert_eq!(r.ring(2)[9].load(Relaxed), 99);
     }
 
     #[test]

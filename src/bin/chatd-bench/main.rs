@@ -349,13 +349,14 @@ fn crowd_json(o: &crowd::CrowdOutcome) -> Value {
         "duplicates": chat.map_or(0, |c| c.duplicates),
         "closed_while_chatting": o.closed_while_chatting,
         "leave_ms": o.leave_ms.map(f64::round), "idle_fds": o.idle_fds, "fds_after": o.fds_after,
+        "memory_back_ms": o.memory_ms.map(f64::round),
         "master_kib_after": (o.pss_after + o.pte_after) >> 10, "zombies": o.zombies,
     })
 }
 
 fn crowd_table(runs: &[crowd::CrowdOutcome]) -> String {
     let mut t = format!(
-        "{:<10} {:>9} {:>10} {:>9} {:>12} {:>14} {:>7} {:>9} {:>7}\n",
+        "{:<10} {:>9} {:>10} {:>9} {:>12} {:>14} {:>7} {:>9} {:>10} {:>7}\n",
         "clients",
         "usable",
         "all in ms",
@@ -364,12 +365,13 @@ fn crowd_table(runs: &[crowd::CrowdOutcome]) -> String {
         "room deliv/s",
         "loss %",
         "leave ms",
+        "memory ms",
         "zombies"
     );
     for o in runs {
         let j = crowd_json(o);
         t.push_str(&format!(
-            "{:<10} {:>9} {:>10} {:>9} {:>12} {:>14} {:>7} {:>9} {:>7}\n",
+            "{:<10} {:>9} {:>10} {:>9} {:>12} {:>14} {:>7} {:>9} {:>10} {:>7}\n",
             o.clients,
             o.usable,
             j["all_usable_ms"],
@@ -378,6 +380,7 @@ fn crowd_table(runs: &[crowd::CrowdOutcome]) -> String {
             j["room_deliveries_per_s"],
             j["loss_pct"],
             j["leave_ms"],
+            j["memory_back_ms"],
             o.zombies
         ));
     }
@@ -800,6 +803,7 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
     ),
     ("crowd 4000 C=300", "loss %", "loss_pct", 2),
     ("crowd 4000 C=300", "all gone ms", "leave_ms", 0),
+    ("crowd 4000 C=300", "memory back ms", "memory_back_ms", 0),
     ("crowd 10000 C=300", "all usable ms", "all_usable_ms", 0),
     (
         "crowd 10000 C=300",
@@ -815,6 +819,7 @@ const ROWS: &[(&str, &str, &str, usize)] = &[
     ),
     ("crowd 10000 C=300", "loss %", "loss_pct", 2),
     ("crowd 10000 C=300", "all gone ms", "leave_ms", 0),
+    ("crowd 10000 C=300", "memory back ms", "memory_back_ms", 0),
     (
         "irc closed N=100 K=10 S=64 W=8",
         "deliveries/s",
