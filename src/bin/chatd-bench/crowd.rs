@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 const IDLE: Duration = Duration::from_secs(3);
 /// How long the crowd may take to connect, and the server to clean up.
 const PATIENCE: Duration = Duration::from_secs(60);
-/// The master's memory counts as back at its idle figure within this
-/// fraction of it (PSS moves a little as the binary's pages stop being
-/// shared with children).
-pub const MEMORY_SLACK: f64 = 0.05;
+/// The master's own memory ([`Server::master_own_memory`]) counts as back
+/// at its idle figure within this many bytes: the room's last 100 lines
+/// stay in the log for newcomers.
+pub const MEMORY_SLACK: u64 = 128 << 10;
 
 #[derive(Debug, Default, Clone)]
 pub struct CrowdOutcome {
@@ -62,10 +62,13 @@ pub struct CrowdOutcome {
     /// fds were back to `idle_fds` (None: not within the patience).
     pub leave_ms: Option<f64>,
     pub fds_after: usize,
-    /// From closing the crowd until the master's memory (PSS and page
-    /// tables) was back within [`MEMORY_SLACK`] of the idle figure (None:
-    /// not within the patience); what it was then (or at the end).
+    /// From closing the crowd until the master's own memory was back
+    /// within [`MEMORY_SLACK`] of its idle figure (None: not within the
+    /// patience); its idle figure, and what it was then (or at the end).
     pub memory_ms: Option<f64>,
+    pub own_idle: u64,
+    pub own_after: u64,
+    /// The master's PSS and page tables after the crowd left.
     pub pss_after: u64,
     pub pte_after: u64,
     pub zombies: usize,
@@ -199,7 +202,9 @@ pub fn run(server: &Server, n: usize, concurrency: usize, max_secs: f64) -> Resu
     }
     wait_until(PATIENCE, || server.children().is_empty());
     let (idle_pss, idle_pte, _) = server.memory();
+    let own_idle = server.master_own_memory();
     let mut out = CrowdOutcome {
+        own_idle,
         clients: n,
         concurrency,
         idle_pss,
@@ -294,12 +299,11 @@ pub fn run(server: &Server, n: usize, concurrency: usize, max_secs: f64) -> Resu
     }
     out.zombies = zombies(server);
     out.fds_after = fd_count(master);
-    let idle = (out.idle_pss + out.idle_pte) as f64 * (1.0 + MEMORY_SLACK);
     let back = wait_until(PATIENCE, || {
-        let (pss, pte, _) = server.memory();
-        (out.pss_after, out.pte_after) = (pss, pte);
-        server.children().is_empty() && (pss + pte) as f64 <= idle
+        out.own_after = server.master_own_memory();
+        server.children().is_empty() && out.own_after <= out.own_idle + MEMORY_SLACK
     });
+    (out.pss_after, out.pte_after, _) = server.memory();
     if back {
         out.memory_ms = Some(t.elapsed().as_secs_f64() * 1e3);
     }

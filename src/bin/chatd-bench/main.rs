@@ -350,6 +350,7 @@ fn crowd_json(o: &crowd::CrowdOutcome) -> Value {
         "closed_while_chatting": o.closed_while_chatting,
         "leave_ms": o.leave_ms.map(f64::round), "idle_fds": o.idle_fds, "fds_after": o.fds_after,
         "memory_back_ms": o.memory_ms.map(f64::round),
+        "master_own_kib_idle": o.own_idle >> 10, "master_own_kib_after": o.own_after >> 10,
         "master_kib_after": (o.pss_after + o.pte_after) >> 10, "zombies": o.zombies,
     })
 }

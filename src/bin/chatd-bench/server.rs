@@ -274,6 +274,20 @@ impl Server {
 }
 
 impl Server {
+    /// Of the master alone, the memory it holds itself: PSS less the
+    /// program's mapped files (code and libraries, shared page cache that a
+    /// code path run once keeps mapped) plus its page tables, in bytes.
+    pub fn master_own_memory(&self) -> u64 {
+        let Some(pid) = self.pid else {
+            return 0;
+        };
+        let rollup = format!("/proc/{pid}/smaps_rollup");
+        let pss = kib_field(&rollup, "Pss:");
+        let file = kib_field(&rollup, "Pss_File:");
+        let pte = kib_field(&format!("/proc/{pid}/status"), "VmPTE:");
+        (pss.saturating_sub(file) + pte) * 1024
+    }
+
     /// Of the master alone: PSS bytes, anonymous bytes (its heap and
     /// stacks: PSS less the shared region and the mapped binary), open fds.
     pub fn master_footprint(&self) -> (u64, u64, usize) {
