@@ -139,6 +139,14 @@ fn line_and_irc_users_see_each_other() {
     bob.expect("! no such nick: nobody");
     carol.send("PRIVMSG nobody :x");
     carol.expect(" 401 carol nobody");
+    // A line client that never chose a nick is addressable by its guest nick.
+    let (mut guest, guest_nick) = server.join();
+    carol.send(&format!("PRIVMSG {guest_nick} :welcome"));
+    guest.expect("[private] <carol> welcome");
+    guest.send("/msg carol thanks\n");
+    carol.expect(&format!(
+        ":{guest_nick}!{guest_nick}@chatd PRIVMSG carol :thanks"
+    ));
     carol.send("PRIVMSG #chatd :public");
     bob.expect("<carol> public");
     alice.expect("PRIVMSG #chatd :public");

@@ -27,6 +27,20 @@ pub fn validate(nick: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Whether `name` is a nick the server hands out (`guest-` and digits).
+pub fn is_guest(name: &str) -> bool {
+    name.len() > 6
+        && name.len() <= MAX_NICK
+        && name[..6].eq_ignore_ascii_case("guest-")
+        && name[6..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `name` can be someone's nick: one a client may choose, or a
+/// guest nick (a private message may go to either).
+pub fn addressable(name: &str) -> bool {
+    validate(name).is_ok() || is_guest(name)
+}
+
 /// The key under which a nick is unique.
 pub fn fold(nick: &str) -> String {
     nick.to_ascii_lowercase()
@@ -46,5 +60,7 @@ mod tests {
         assert!(validate("bøb").is_err());
         assert!(validate(&"a".repeat(25)).is_err());
         assert!(validate("Guest-7").is_err());
+        assert!(addressable("Guest-7") && addressable("alice"));
+        assert!(!addressable("guest-") && !addressable("guest-7x") && !addressable("a b"));
     }
 }

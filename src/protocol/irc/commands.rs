@@ -271,7 +271,7 @@ fn privmsg(s: &mut Irc, m: &Message, out: &mut Vec<u8>, asks: &mut Vec<Ask>) -> 
             } else {
                 asks.push(Ask::Chat(body.clone()));
             }
-        } else if nick::validate(t).is_err() {
+        } else if !nick::addressable(t) {
             err(s, out, "401", &[t, "No such nick/channel"]);
         } else {
             let flags = if action { PRIV_ACTION } else { 0 } | if notice { PRIV_NOTICE } else { 0 };
