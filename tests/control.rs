@@ -370,3 +370,45 @@ fn bans_refuse_at_connect_lapse_and_survive_a_restart() {
     let (code, out, _) = server.chatctl(&["ban", "*"]);
     assert_eq!(code, 1, "{out}");
 }
+
+#[test]
+fn a_topic_set_by_an_operator_survives_a_restart_until_the_file_changes_it() {
+    let state = TempDir::new();
+    let mut cfg = base_config();
+    cfg.insert("control_socket".into(), CONTROL_HERE.into());
+    cfg.insert("state_dir".into(), format!("\"{}\"", state.0.display()));
+    cfg.insert("topic".into(), "\"from the file\"".into());
+    let config = render(&cfg);
+    let mut server = Server::start_text(&config, &[]);
+    let mut alice = server.connect();
+    alice.greeting();
+    alice.expect("* topic: from the file");
+    ok(&server, &["topic", "set", "by", "an", "operator"]);
+    alice.expect("* topic: set by an operator");
+    // Kept across a restart: newcomers of both protocols are shown it.
+    server.signal(libc::SIGTERM);
+    server.wait_exit(TIMEOUT).unwrap();
+    let mut server = Server::start_text(&config, &[]);
+    let mut bob = server.connect();
+    bob.greeting();
+    bob.expect("* topic: set by an operator");
+    let mut carol = Irc::connect(&server);
+    carol.send("NICK carol");
+    carol.send("USER carol 0 * :carol");
+    carol.expect(" 332 carol #chatd :set by an operator");
+    // An edited configuration wins, as on a reload.
+    server.signal(libc::SIGTERM);
+    server.wait_exit(TIMEOUT).unwrap();
+    let edited = config.replace("from the file", "edited since");
+    let server = Server::start_text(&edited, &[]);
+    let mut dave = server.connect();
+    dave.greeting();
+    dave.expect("* topic: edited since");
+    // A kept file that is not chatd's is ignored.
+    drop(server);
+    std::fs::write(state.0.join("topic"), "edited since\n\x1b[2J\n").unwrap();
+    let server = Server::start_text(&edited, &[]);
+    let mut erin = server.connect();
+    erin.greeting();
+    erin.expect("* topic: edited since");
+}

@@ -24,7 +24,6 @@ use std::path::Path;
 
 /// The file's name in `state_dir`.
 pub const FILE: &str = "bans";
-const TMP: &str = "bans.new";
 /// Most bans kept.
 pub const MAX_BANS: usize = 10_000;
 
@@ -288,23 +287,29 @@ impl Bans {
 
     /// Writes the file: a new one, fsync, rename over the old.
     fn save(&self) -> Result<(), String> {
+        self.write_file(FILE, &render_file(&self.list))
+            .map_err(|e| format!("cannot write the bans file: {e}"))
+    }
+
+    /// Replaces `name` in the state directory with `text`: a new file
+    /// (`name.new`), fsync, then rename over the old one, so that a crash
+    /// leaves the old file or the new one. Nothing if no directory is kept.
+    pub fn write_file(&self, name: &str, text: &str) -> nix::Result<()> {
         let Some(dir) = &self.dir else {
             return Ok(());
         };
-        let write = || -> nix::Result<()> {
-            let fd = openat(
-                dir.as_fd(),
-                TMP,
-                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )?;
-            let mut f = std::fs::File::from(fd);
-            f.write_all(render_file(&self.list).as_bytes())
-                .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-            nix::unistd::fsync(&f)?;
-            renameat(dir.as_fd(), TMP, dir.as_fd(), FILE)
-        };
-        write().map_err(|e| format!("cannot write the bans file: {e}"))
+        let tmp = format!("{name}.new");
+        let fd = openat(
+            dir.as_fd(),
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let mut f = std::fs::File::from(fd);
+        f.write_all(text.as_bytes())
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        nix::unistd::fsync(&f)?;
+        renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name)
     }
 }
 

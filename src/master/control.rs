@@ -651,11 +651,33 @@ impl Master {
         let Ok(text) = sanitize::check(text.as_bytes()) else {
             return err("the topic holds characters that cannot be sent");
         };
+        if text.len() > super::topic::MAX_TOPIC {
+            return err("the topic is too long");
+        }
         self.cfg.topic = text.to_string();
         self.relay
             .emit(0, Event::new(Kind::Topic, "", text).encode());
         info!(event = "topic", admin_uid = admin.uid, admin_pid = admin.pid, topic = %text, "topic set by uid {}", admin.uid);
-        ok("topic set\n", json!({ "topic": text }))
+        let file_topic = self.file_topic.clone();
+        match self.keep_topic(&file_topic, text) {
+            Ok(()) => ok("topic set\n", json!({ "topic": text })),
+            Err(e) => ok(
+                format!("topic set (not kept across restarts: {e})\n"),
+                json!({ "topic": text, "kept": false }),
+            ),
+        }
+    }
+
+    /// Writes the operator's topic to `state_dir` (see `master::topic`);
+    /// a failure is logged and returned.
+    pub(super) fn keep_topic(&mut self, file_topic: &str, topic: &str) -> Result<(), String> {
+        let text = super::topic::render(file_topic, topic);
+        self.bans
+            .write_file(super::topic::FILE, &text)
+            .map_err(|e| {
+                warn!(event = "topic_file", error = %e, "cannot keep the topic in state_dir: {e}");
+                e.to_string()
+            })
     }
 }
 

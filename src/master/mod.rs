@@ -24,6 +24,7 @@ pub mod relay;
 pub mod request;
 pub mod spawn;
 pub mod state;
+pub mod topic;
 
 use crate::config::Config;
 use crate::ipc;
@@ -182,6 +183,7 @@ impl Master {
             .position(|(n, _)| n == "control")
             .map(|i| kept.remove(i).1);
         let bans = open_bans(&cfg, &plan);
+        let kept_topic = read_topic(&cfg);
         let control = control::Control::open(control_fd, &cfg.control_socket, &cfg.control_group)
             .unwrap_or_else(|e| {
                 warn!(event = "control_unavailable", error = %format!("{e:#}"), "no control socket (chatctl): {e:#}");
@@ -312,6 +314,9 @@ impl Master {
             bans,
         };
         m.file_topic = m.cfg.topic.clone();
+        if let Some(t) = kept_topic {
+            m.cfg.topic = t;
+        }
         m.set_timer(false)?;
         m.reserve_fd = Some(m.timer.as_fd().try_clone_to_owned().context("reserve fd")?);
         if let Some((clients, snap)) = taken {
@@ -689,7 +694,11 @@ impl Master {
                 let file_topic = new.topic.clone();
                 if file_topic == self.file_topic {
                     new.topic = self.cfg.topic.clone();
-                } else if new.topic != self.cfg.topic {
+                } else {
+                    // What an operator set is no longer kept either.
+                    let _ = self.keep_topic(&file_topic, &file_topic);
+                }
+                if file_topic != self.file_topic && new.topic != self.cfg.topic {
                     let ev = crate::protocol::event::Event::new(
                         crate::protocol::event::Kind::Topic,
                         "",
@@ -911,6 +920,16 @@ fn open_bans(cfg: &Config, plan: &confine::Plan) -> bans::Bans {
             bans::Bans::default()
         }
     }
+}
+
+/// The topic an operator set with chatctl, if `state_dir` keeps one that
+/// still applies (see [`topic`]). Run before confinement.
+fn read_topic(cfg: &Config) -> Option<String> {
+    if cfg.state_dir.as_os_str().is_empty() {
+        return None;
+    }
+    let text = std::fs::read_to_string(cfg.state_dir.join(topic::FILE)).ok()?;
+    topic::parse(&text, &cfg.topic)
 }
 
 /// Logs the certificate in use, and warns when it expires soon.

@@ -36,6 +36,9 @@ pub fn greeting(s: &Setup, nick: &str, out: &mut Vec<u8>) {
     for l in s.motd.lines() {
         line(out, NOTICE, &[l]);
     }
+    if !s.topic.is_empty() {
+        line(out, NOTICE, &["topic: ", &s.topic]);
+    }
 }
 
 /// The one line a refused connection gets before it is closed.

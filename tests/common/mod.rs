@@ -85,6 +85,9 @@ pub fn base_config() -> BTreeMap<String, String> {
     // No control socket unless a test asks for one (CONTROL_HERE): tests
     // run at once must not share /run/chatd/control.
     m.insert("control_socket".into(), "\"\"".into());
+    // Nothing kept in /var/lib/chatd: a test that needs a state directory
+    // gives its own, so that no test sees what another kept (a topic, bans).
+    m.insert("state_dir".into(), "\"\"".into());
     m
 }
 
@@ -101,6 +104,9 @@ pub fn with_irc_port(config: &str) -> String {
     }
     if !c.contains("control_socket") {
         c.push_str("\ncontrol_socket = \"\"\n");
+    }
+    if !c.contains("state_dir") {
+        c.push_str("\nstate_dir = \"\"\n");
     }
     c
 }

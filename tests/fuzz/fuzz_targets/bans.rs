@@ -1,13 +1,16 @@
-//! The master's reader of the bans file it kept in `state_dir`
-//! (`chatd::master::bans::parse_file`), and the ban target parser behind
+//! The master's readers of the files it keeps in `state_dir`: the bans
+//! (`chatd::master::bans::parse_file`) and the topic
+//! (`chatd::master::topic::parse`), and the ban target parser behind
 //! `chatctl ban`: untrusted text.
 //!
 //! Checked: no panic; every ban read has a target that parses to itself
 //! and a reason without control characters; no target twice; rendering
-//! what was read and reading it again gives the same bans.
+//! what was read and reading it again gives the same bans; a topic read
+//! has no control character and reads back the same.
 #![no_main]
 
 use chatd::master::bans::{parse_file, parse_target, render_file, MAX_BANS};
+use chatd::master::topic;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -30,4 +33,9 @@ fuzz_target!(|data: &[u8]| {
     let (again, errors) = parse_file(&render_file(&bans));
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(again, bans);
+    let was = text.split('\n').next().unwrap_or("");
+    if let Some(t) = topic::parse(text, was) {
+        assert!(!t.chars().any(char::is_control) && t.len() <= topic::MAX_TOPIC);
+        assert_eq!(topic::parse(&topic::render(was, &t), was), Some(t));
+    }
 });
