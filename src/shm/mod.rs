@@ -500,16 +500,8 @@ impl Region {
     /// The range is page-aligned and inside the mapping, and nothing reads
     /// it other than through atomics that accept zeros.
     unsafe fn remove_pages(&self, off: usize, len: usize) -> io::Result<()> {
-        debug_assert!(off % PAGE == 0 && len % PAGE == 0 && off + len <= self.layout.len);
         // SAFETY: per the contract.
-        unsafe {
-            madvise(
-                NonNull::new(self.base.as_ptr().add(off) as *mut c_void).expect("non-null"),
-                len,
-                MmapAdvise::MADV_REMOVE,
-            )
-        }
-        .map_err(io::Error::from)
+        unsafe { self.advise(off, len, MmapAdvise::MADV_REMOVE) }
     }
 
     /// Drops the master's page-table entries for all slots (`MADV_DONTNEED`
@@ -519,20 +511,24 @@ impl Region {
     /// that nobody holds: after ten thousand clients have left, 320 KiB.
     pub fn drop_slot_page_tables(&self) -> io::Result<()> {
         assert!(self.own.is_none(), "a child keeps its view");
-        let (off, len) = (
-            self.layout.slots_off,
-            self.layout.len - self.layout.slots_off,
-        );
+        let off = self.layout.slots_off;
         // SAFETY: page-aligned and inside the mapping; on a shared mapping
         // DONTNEED changes no byte of it.
-        unsafe {
-            madvise(
-                NonNull::new(self.base.as_ptr().add(off) as *mut c_void).expect("non-null"),
-                len,
-                MmapAdvise::MADV_DONTNEED,
-            )
-        }
-        .map_err(io::Error::from)
+        unsafe { self.advise(off, self.layout.len - off, MmapAdvise::MADV_DONTNEED) }
+    }
+
+    /// `madvise` on `[off, off + len)` of the mapping.
+    ///
+    /// # Safety
+    /// The range is page-aligned and inside the mapping, and what `advice`
+    /// does to it is what the caller's users expect (see the callers).
+    unsafe fn advise(&self, off: usize, len: usize, advice: MmapAdvise) -> io::Result<()> {
+        debug_assert!(off % PAGE == 0 && len % PAGE == 0 && off + len <= self.layout.len);
+        // SAFETY: inside the mapping, per the contract.
+        let at = unsafe { self.base.as_ptr().add(off) }.cast::<c_void>();
+        // SAFETY: per the contract.
+        unsafe { madvise(NonNull::new(at).expect("non-null"), len, advice) }
+            .map_err(io::Error::from)
     }
 
     /// The address of byte `off` of the mapping, for the fault tests.
