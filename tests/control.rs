@@ -283,13 +283,19 @@ fn connect_from(server: &Server, from: &str) -> Client {
     Client::connect_from(server.addr, from)
 }
 
-#[test]
-fn bans_refuse_at_connect_lapse_and_survive_a_restart() {
-    let state = TempDir::new();
+/// The test defaults with a control socket and `state` as the state
+/// directory (what chatd keeps across restarts).
+fn kept_in(state: &TempDir) -> std::collections::BTreeMap<String, String> {
     let mut cfg = base_config();
     cfg.insert("control_socket".into(), CONTROL_HERE.into());
     cfg.insert("state_dir".into(), format!("\"{}\"", state.0.display()));
-    let config = render(&cfg);
+    cfg
+}
+
+#[test]
+fn bans_refuse_at_connect_lapse_and_survive_a_restart() {
+    let state = TempDir::new();
+    let config = render(&kept_in(&state));
     let mut server = Server::start_text(&config, &[]);
     let mut alice = line_client(&server, "alice");
     let mut mallory = connect_from(&server, "127.0.0.2");
@@ -374,9 +380,7 @@ fn bans_refuse_at_connect_lapse_and_survive_a_restart() {
 #[test]
 fn a_topic_set_by_an_operator_survives_a_restart_until_the_file_changes_it() {
     let state = TempDir::new();
-    let mut cfg = base_config();
-    cfg.insert("control_socket".into(), CONTROL_HERE.into());
-    cfg.insert("state_dir".into(), format!("\"{}\"", state.0.display()));
+    let mut cfg = kept_in(&state);
     cfg.insert("topic".into(), "\"from the file\"".into());
     let config = render(&cfg);
     let mut server = Server::start_text(&config, &[]);

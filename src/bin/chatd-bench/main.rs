@@ -725,131 +725,82 @@ fn machine(nofile: u64) -> String {
     )
 }
 
-/// Rows: (scenario, label, JSON key, decimals).
-const ROWS: &[(&str, &str, &str, usize)] = &[
-    (
-        "closed N=100 K=10 S=64 W=8",
-        "deliveries/s",
-        "deliveries_per_s",
-        0,
-    ),
-    (
-        "closed N=100 K=10 S=64 W=8",
-        "deliveries/server CPU-s",
-        "deliveries_per_server_cpu_s",
-        0,
-    ),
-    ("closed N=100 K=10 S=64 W=8", "p99 latency ms", "p99_ms", 2),
-    ("closed N=100 K=10 S=64 W=8", "loss %", "loss_pct", 2),
-    ("closed N=100 K=10 S=64 W=8", "duplicates", "duplicates", 0),
-    ("closed N=100 K=10 S=64 W=8", "corrupt", "corrupt", 0),
-    ("open N=100 K=10 R=100/s", "p50 latency ms", "p50_ms", 3),
-    ("open N=100 K=10 R=100/s", "p99 latency ms", "p99_ms", 3),
-    ("open N=100 K=10 R=100/s", "max latency ms", "max_ms", 3),
-    (
-        "open N=100 K=10 R=100/s",
-        "p50 read by bench ms",
-        "read_p50_ms",
-        3,
-    ),
-    (
-        "open N=100 K=10 R=100/s",
-        "p99 read by bench ms",
-        "read_p99_ms",
-        3,
-    ),
-    ("open N=100 K=10 R=100/s", "loss %", "loss_pct", 2),
-    (
-        "closed N=500 K=5 S=64 W=8",
-        "deliveries/s",
-        "deliveries_per_s",
-        0,
-    ),
-    (
-        "closed N=500 K=5 S=64 W=8",
-        "deliveries/server CPU-s",
-        "deliveries_per_server_cpu_s",
-        0,
-    ),
-    ("closed N=500 K=5 S=64 W=8", "loss %", "loss_pct", 2),
-    (
-        "churn N=100 K=10 W=8 C=10",
-        "deliveries/s",
-        "deliveries_per_s",
-        0,
-    ),
-    ("churn N=100 K=10 W=8 C=10", "rejoins", "rejoins", 0),
-    ("churn N=100 K=10 W=8 C=10", "loss %", "loss_pct", 2),
-    ("churn N=100 K=10 W=8 C=10", "duplicates", "duplicates", 0),
-    ("churn N=100 K=10 W=8 C=10", "self-echo", "self_echo", 0),
-    ("storm 1000", "usable in 0.5 s", "usable_in_0_5s", 0),
-    ("storm 1000", "usable in 3 s", "usable", 0),
-    ("storm 1000", "refused or closed", "refused", 0),
-    ("storm 1000", "last usable ms", "last_usable_ms", 0),
-    ("memory N=1000", "KiB/client PSS+PTE", "per_client_kib", 1),
-    ("memory N=1000", "KiB/client PSS", "pss_per_client_kib", 1),
-    ("memory N=1000", "KiB/client PTE", "pte_per_client_kib", 1),
-    ("crowd 4000 C=300", "all usable ms", "all_usable_ms", 0),
-    (
-        "crowd 4000 C=300",
-        "KiB/client PSS+PTE",
-        "per_client_kib",
-        1,
-    ),
-    (
-        "crowd 4000 C=300",
-        "room deliveries/s",
-        "room_deliveries_per_s",
-        0,
-    ),
-    ("crowd 4000 C=300", "loss %", "loss_pct", 2),
-    ("crowd 4000 C=300", "all gone ms", "leave_ms", 0),
-    ("crowd 4000 C=300", "memory back ms", "memory_back_ms", 0),
-    ("crowd 10000 C=300", "all usable ms", "all_usable_ms", 0),
-    (
-        "crowd 10000 C=300",
-        "KiB/client PSS+PTE",
-        "per_client_kib",
-        1,
-    ),
-    (
-        "crowd 10000 C=300",
-        "room deliveries/s",
-        "room_deliveries_per_s",
-        0,
-    ),
-    ("crowd 10000 C=300", "loss %", "loss_pct", 2),
-    ("crowd 10000 C=300", "all gone ms", "leave_ms", 0),
-    ("crowd 10000 C=300", "memory back ms", "memory_back_ms", 0),
-    (
-        "irc closed N=100 K=10 S=64 W=8",
-        "deliveries/s",
-        "deliveries_per_s",
-        0,
-    ),
-    (
-        "irc closed N=100 K=10 S=64 W=8",
-        "deliveries/server CPU-s",
-        "deliveries_per_server_cpu_s",
-        0,
-    ),
-    (
-        "irc closed N=100 K=10 S=64 W=8",
-        "p99 latency ms",
-        "p99_ms",
-        2,
-    ),
-    ("irc closed N=100 K=10 S=64 W=8", "loss %", "loss_pct", 2),
-    (
-        "irc closed N=100 K=10 S=64 W=8",
-        "self-echo",
-        "self_echo",
-        0,
-    ),
-    ("irc open N=100 K=10 R=100/s", "p50 latency ms", "p50_ms", 3),
-    ("irc open N=100 K=10 R=100/s", "p99 latency ms", "p99_ms", 3),
-    ("irc open N=100 K=10 R=100/s", "max latency ms", "max_ms", 3),
-    ("irc open N=100 K=10 R=100/s", "loss %", "loss_pct", 2),
+/// A figure of a scenario's results: (label, JSON key, decimals).
+type Figure = (&'static str, &'static str, usize);
+
+const CLOSED_100: &[Figure] = &[
+    ("deliveries/s", "deliveries_per_s", 0),
+    ("deliveries/server CPU-s", "deliveries_per_server_cpu_s", 0),
+    ("p99 latency ms", "p99_ms", 2),
+    ("loss %", "loss_pct", 2),
+    ("duplicates", "duplicates", 0),
+    ("corrupt", "corrupt", 0),
+];
+const OPEN_100: &[Figure] = &[
+    ("p50 latency ms", "p50_ms", 3),
+    ("p99 latency ms", "p99_ms", 3),
+    ("max latency ms", "max_ms", 3),
+    ("p50 read by bench ms", "read_p50_ms", 3),
+    ("p99 read by bench ms", "read_p99_ms", 3),
+    ("loss %", "loss_pct", 2),
+];
+const CLOSED_500: &[Figure] = &[
+    ("deliveries/s", "deliveries_per_s", 0),
+    ("deliveries/server CPU-s", "deliveries_per_server_cpu_s", 0),
+    ("loss %", "loss_pct", 2),
+];
+const CHURN: &[Figure] = &[
+    ("deliveries/s", "deliveries_per_s", 0),
+    ("rejoins", "rejoins", 0),
+    ("loss %", "loss_pct", 2),
+    ("duplicates", "duplicates", 0),
+    ("self-echo", "self_echo", 0),
+];
+const STORM: &[Figure] = &[
+    ("usable in 0.5 s", "usable_in_0_5s", 0),
+    ("usable in 3 s", "usable", 0),
+    ("refused or closed", "refused", 0),
+    ("last usable ms", "last_usable_ms", 0),
+];
+const MEMORY: &[Figure] = &[
+    ("KiB/client PSS+PTE", "per_client_kib", 1),
+    ("KiB/client PSS", "pss_per_client_kib", 1),
+    ("KiB/client PTE", "pte_per_client_kib", 1),
+];
+const CROWD: &[Figure] = &[
+    ("all usable ms", "all_usable_ms", 0),
+    ("KiB/client PSS+PTE", "per_client_kib", 1),
+    ("room deliveries/s", "room_deliveries_per_s", 0),
+    ("loss %", "loss_pct", 2),
+    ("all gone ms", "leave_ms", 0),
+    ("memory back ms", "memory_back_ms", 0),
+];
+const IRC_CLOSED: &[Figure] = &[
+    ("deliveries/s", "deliveries_per_s", 0),
+    ("deliveries/server CPU-s", "deliveries_per_server_cpu_s", 0),
+    ("p99 latency ms", "p99_ms", 2),
+    ("loss %", "loss_pct", 2),
+    ("self-echo", "self_echo", 0),
+];
+const IRC_OPEN: &[Figure] = &[
+    ("p50 latency ms", "p50_ms", 3),
+    ("p99 latency ms", "p99_ms", 3),
+    ("max latency ms", "max_ms", 3),
+    ("loss %", "loss_pct", 2),
+];
+
+/// The table's rows: each scenario (as `suite` names it) and its figures.
+const ROWS: &[(&str, &[Figure])] = &[
+    ("closed N=100 K=10 S=64 W=8", CLOSED_100),
+    ("open N=100 K=10 R=100/s", OPEN_100),
+    ("closed N=500 K=5 S=64 W=8", CLOSED_500),
+    ("churn N=100 K=10 W=8 C=10", CHURN),
+    ("storm 1000", STORM),
+    ("memory N=1000", MEMORY),
+    ("crowd 4000 C=300", CROWD),
+    ("crowd 10000 C=300", CROWD),
+    ("irc closed N=100 K=10 S=64 W=8", IRC_CLOSED),
+    ("irc open N=100 K=10 R=100/s", IRC_OPEN),
 ];
 
 /// Columns: chatd, the seed and chatd/seed (when the seed ran), then the
@@ -882,7 +833,10 @@ fn print_columns(
     out!("{header}")?;
     out!("{}", "-".repeat(header.len()))?;
     let mut last = "";
-    for &(scenario, label, key, dec) in ROWS {
+    let rows = ROWS
+        .iter()
+        .flat_map(|&(scenario, figures)| figures.iter().map(move |&f| (scenario, f)));
+    for (scenario, (label, key, dec)) in rows {
         let vals: Vec<Option<f64>> = results
             .iter()
             .map(|r| {
